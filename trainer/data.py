@@ -1,0 +1,162 @@
+"""Input pipeline: images leave the host as uint8 at their stored size.
+
+Resizing, scaling and channel handling live in the model (trainer/model.py), so
+the host never holds a float or resized copy of a dataset and the accelerator
+receives 28x28x1 bytes per MNIST image instead of 64x64x3 floats.
+
+`load_splits` picks a source by the `--dataset` string:
+  NAME         any tfds image-classification dataset (mnist, fashion_mnist, cifar10, ...)
+  idx:DIR      MNIST-format IDX files in DIR (trainer/idx.py)
+  synthetic    random images made on the fly, for benchmarks and smoke runs
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from trainer import idx
+from trainer.errors import UserError
+
+IDX_PREFIX = 'idx:'
+SYNTHETIC = 'synthetic'
+SYNTHETIC_SHAPE = (28, 28, 1)
+SYNTHETIC_CLASSES = 10
+SYNTHETIC_SIZES = {'train': 60_000, 'test': 10_000}
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  """Unbatched (uint8 image HxWxC, int64 label) datasets and what a model needs to know of them."""
+  train: tf.data.Dataset
+  validation: tf.data.Dataset
+  test: tf.data.Dataset
+  image_shape: Tuple[int, int, int]
+  num_classes: int
+  class_names: Tuple[str, ...]
+
+
+def load_splits(dataset: str, data_dir: Optional[str], validation_split: float,
+                download: bool = True) -> Splits:
+  """Returns train, validation (the last `validation_split` of train) and test."""
+  if dataset == SYNTHETIC:
+    return _synthetic_splits(validation_split)
+  if dataset.startswith(IDX_PREFIX):
+    train, test = idx.load_idx_dir(dataset[len(IDX_PREFIX):])
+    train_part, validation = _split_tail(train, validation_split)
+    return Splits(train_part, validation, test, idx.IMAGE_SHAPE, idx.NUM_CLASSES,
+                  tuple(str(i) for i in range(idx.NUM_CLASSES)))
+  return _tfds_splits(dataset, data_dir, validation_split, download)
+
+
+def _tfds_splits(name, data_dir, validation_split, download):
+  builder = tfds_builder(name, data_dir)
+  image_shape, num_classes, class_names = _image_classification_features(builder)
+  if not builder.is_prepared():
+    if not download:
+      raise UserError(
+          f'dataset {name!r} is not prepared in --data_dir={builder.data_dir_root}; '
+          f'drop --nodownload to download it, or prepare it on a machine with a network: '
+          f'python -m trainer.prepare_data --dataset={name} --data_dir=DIR')
+    download_and_prepare(builder)
+  percent = round(100 * (1 - validation_split))
+  read = lambda split: builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+  # tfds slicing is deterministic: the validation set is always the same last part of train.
+  return Splits(read(f'train[:{percent}%]'), read(f'train[{percent}%:]'), read('test'),
+                image_shape, num_classes, class_names)
+
+
+def tfds_builder(name, data_dir):
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f'--dataset={name!r} is not a tensorflow-datasets name; see '
+                    f'https://www.tensorflow.org/datasets/catalog, or use idx:DIR or synthetic') from None
+
+
+def download_and_prepare(builder):
+  """Downloads from the dataset's source; never probes the prepared copies on GCS."""
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except (OSError, ConnectionError) as e:
+    raise UserError(
+        f'could not download {builder.name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
+        f'with no network, prepare it elsewhere with python -m trainer.prepare_data '
+        f'--dataset={builder.name} --data_dir=DIR and pass --data_dir=DIR, '
+        f'or build it from IDX files with --from_idx') from None
+
+
+def _image_classification_features(builder):
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise UserError(f'--dataset={builder.name!r} has no image and label features; '
+                    'choose an image-classification dataset')
+  image_shape = tuple(features['image'].shape)
+  if None in image_shape:
+    raise UserError(f'--dataset={builder.name!r} has images of varying size {image_shape}; '
+                    'only fixed-size datasets are supported')
+  label = features['label']
+  return image_shape, label.num_classes, tuple(label.names)
+
+
+def _split_tail(ds, validation_split):
+  """Splits off the last `validation_split` of a dataset of known size, like tfds's 'train[80%:]'."""
+  size = int(ds.cardinality())
+  num_train = round(size * (1 - validation_split))
+  return ds.take(num_train), ds.skip(num_train)
+
+
+def _synthetic_splits(validation_split):
+  train, validation = _split_tail(synthetic_dataset(SYNTHETIC_SIZES['train'], seed=0),
+                                  validation_split)
+  return Splits(train, validation, synthetic_dataset(SYNTHETIC_SIZES['test'], seed=1),
+                SYNTHETIC_SHAPE, SYNTHETIC_CLASSES,
+                tuple(str(i) for i in range(SYNTHETIC_CLASSES)))
+
+
+def synthetic_dataset(size, seed, image_shape=SYNTHETIC_SHAPE, num_classes=SYNTHETIC_CLASSES):
+  """Random uint8 images and labels, each a pure function of its index: no I/O, same every epoch."""
+  def example(i):
+    image_seed = tf.stack([tf.cast(i, tf.int32), seed])
+    image = tf.random.stateless_uniform(image_shape, image_seed, maxval=256, dtype=tf.int32)
+    label = tf.random.stateless_uniform([], image_seed + 1, maxval=num_classes, dtype=tf.int64)
+    return tf.cast(image, tf.uint8), label
+  return tf.data.Dataset.range(size).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def num_examples(ds) -> int:
+  size = int(ds.cardinality())
+  if size < 0:
+    raise ValueError('dataset size is unknown; the pipeline needs datasets of known size')
+  return size
+
+
+def batched(ds: tf.data.Dataset, batch_size: int, *, training: bool, seed: int = 0,
+            cache: bool = True) -> tf.data.Dataset:
+  """Caches the uint8 examples, then shuffles (training only), batches and prefetches.
+
+  Training batches repeat forever and drop the remainder, so every step has the
+  global batch; `fit` counts epochs with steps_per_epoch.
+  """
+  if cache:
+    ds = ds.cache()
+  if training:
+    # A full-size buffer is a true shuffle and cheap here: MNIST's 48,000 uint8 images are 38 MB.
+    ds = ds.shuffle(num_examples(ds), seed=seed, reshuffle_each_iteration=True).repeat()
+  ds = ds.batch(batch_size, drop_remainder=training)
+  options = tf.data.Options()
+  # Shard by element: MNIST's train split is a single file, and sharding by file
+  # would leave all but one worker without data.
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  options.deterministic = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(ds, batch_size: int) -> int:
+  """Full training batches in one pass over `ds`."""
+  steps = num_examples(ds) // batch_size
+  if steps == 0:
+    raise UserError(f'--batch_size={batch_size} is larger than the {num_examples(ds)} training '
+                    'examples; lower --batch_size')
+  return steps

@@ -1,0 +1,105 @@
+"""Where training runs: the tf.distribute strategy, the mixed-precision policy, who writes outputs.
+
+  TF_CONFIG set   -> MultiWorkerMirroredStrategy (collective all-reduce), --num_gpus per worker
+  --num_gpus N    -> MirroredStrategy over the first N GPUs
+  --num_gpus 0    -> the default strategy, on the CPU
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from trainer.errors import UserError
+from trainer.keras_lib import keras
+
+PRECISIONS = ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')
+# float16 tensor cores arrived with Volta (compute capability 7.0).
+MIN_FLOAT16_CAPABILITY = (7, 0)
+
+
+def make_strategy(num_gpus: int, collective_timeout_s: float = 600) -> tf.distribute.Strategy:
+  """Call before anything else creates TensorFlow devices or tensors."""
+  gpus = tf.config.list_physical_devices('GPU')
+  if num_gpus > len(gpus):
+    visible = ', '.join(gpu.name for gpu in gpus) or 'none'
+    raise UserError(f'--num_gpus={num_gpus} but {len(gpus)} GPUs are visible ({visible}); '
+                    f'use --num_gpus={len(gpus)} or fewer')
+  if gpus:
+    tf.config.set_visible_devices(gpus[:num_gpus], 'GPU')
+  if 'TF_CONFIG' in os.environ:
+    parse_tf_config(os.environ['TF_CONFIG'])
+    # A bounded collective timeout makes the surviving workers fail with an error
+    # when one dies, instead of waiting for it forever.
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+  if num_gpus:
+    # Mirrored even for one GPU: BackupAndRestore refuses OneDeviceStrategy.
+    return tf.distribute.MirroredStrategy([f'/gpu:{i}' for i in range(num_gpus)])
+  return tf.distribute.get_strategy()
+
+
+def parse_tf_config(text: str) -> dict:
+  """Checks TF_CONFIG's shape so a typo fails here, not deep inside a collective."""
+  fix = ('set TF_CONFIG to {"cluster": {"worker": ["host:port", ...]}, '
+         '"task": {"type": "worker", "index": I}} or unset it')
+  try:
+    config = json.loads(text)
+    workers = config['cluster']['worker']
+    task_type, index = config['task']['type'], int(config['task']['index'])
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f'TF_CONFIG is malformed ({type(e).__name__}: {e}); {fix}') from None
+  members = config['cluster'].get(task_type)
+  if not isinstance(workers, list) or not members or not 0 <= index < len(members):
+    raise UserError(f'TF_CONFIG task {task_type}:{index} is not in its cluster; {fix}')
+  return config
+
+
+def resolve_precision(precision: str, num_gpus: int) -> str:
+  """'auto' is mixed_float16 when every GPU in use has float16 tensor cores, else float32."""
+  if precision != 'auto':
+    return precision
+  gpus = tf.config.list_physical_devices('GPU')[:num_gpus]
+  if gpus and all(_capability(gpu) >= MIN_FLOAT16_CAPABILITY for gpu in gpus):
+    return 'mixed_float16'
+  return 'float32'
+
+
+def _capability(gpu):
+  return tf.config.experimental.get_device_details(gpu).get('compute_capability', (0, 0))
+
+
+def set_precision(policy: str):
+  """Sets the Keras policy for every layer built afterwards; the output softmax stays float32."""
+  keras.mixed_precision.set_global_policy(policy)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True on the one worker that writes logs, checkpoints and exports."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or resolver.task_type is None:
+    return True
+  if resolver.task_type == 'chief':
+    return True
+  has_chief = 'chief' in resolver.cluster_spec().as_dict()
+  return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
+
+
+class OutputDir:
+  """The run folder on the chief; a throwaway folder on other workers.
+
+  Under MultiWorkerMirroredStrategy every worker must take part in saving (the
+  variables are read collectively), but only the chief's files are kept.
+  """
+
+  def __init__(self, run_dir: str, chief: bool):
+    self.chief = chief
+    self.path = run_dir if chief else tempfile.mkdtemp(prefix='worker_')
+
+  def __enter__(self):
+    return self.path
+
+  def __exit__(self, *exc):
+    if not self.chief:
+      shutil.rmtree(self.path, ignore_errors=True)

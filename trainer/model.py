@@ -1,0 +1,110 @@
+"""DenseNet121 with its preprocessing inside: uint8 images in, float32 class probabilities out.
+
+    uint8 HxWxC -> scale to [0, 1] -> augment (training only) -> resize -> adapter
+                -> DenseNet121 backbone (nested model) -> head -> float32 softmax
+
+Every step runs in the graph, on the accelerator, and travels with an exported model.
+The preprocessing layers are float32 even under mixed precision: they are cheap,
+and resizing in float16 would round the pixels the pretrained weights expect.
+"""
+import dataclasses
+
+from trainer.keras_lib import keras
+
+ADAPTERS = ('rgb', 'conv')
+HEADS = ('gap', 'flatten')
+INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
+MIN_IMAGE_SIZE = 32  # the smallest input keras.applications' DenseNet121 accepts
+BACKBONE = 'densenet121'
+BACKBONE_INPUT = 'backbone_input'  # the adapter's last layer: what the backbone sees
+# keras.applications.densenet.preprocess_input ("torch" mode) on [0, 1] pixels.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  image_size: int = 64
+  adapter: str = 'rgb'
+  head: str = 'gap'
+  dropout: float = 0.0
+  interpolation: str = 'bicubic'
+  augment: bool = False
+  rotation_degrees: float = 10.0
+  zoom: float = 0.1
+  translate: float = 0.1
+  seed: int = 0
+
+
+def build_model(config: ModelConfig, input_shape, num_classes) -> keras.Model:
+  """The whole classifier; the backbone starts random, see trainer/weights.py for ImageNet."""
+  images = keras.Input(shape=input_shape, dtype='uint8', name='images')
+  x = keras.layers.Rescaling(1 / 255, dtype='float32', name='scale')(images)
+  if config.augment:
+    x = augmentation(config)(x)
+  x = keras.layers.Resizing(config.image_size, config.image_size,
+                            interpolation=config.interpolation, dtype='float32',
+                            name='resize')(x)
+  x = _adapter(x, config.adapter, channels=input_shape[-1])
+  backbone = keras.applications.DenseNet121(
+      include_top=False, weights=None, input_shape=(config.image_size, config.image_size, 3))
+  # Called without `training=`: BatchNormalization then follows `trainable`, so a frozen
+  # backbone normalises with its ImageNet statistics while a fine-tuned one adapts them
+  # to the new domain, which for 28x28 digits is far from ImageNet.
+  x = backbone(x)
+  x = _head(config.head)(x)
+  if config.dropout:
+    x = keras.layers.Dropout(config.dropout, seed=config.seed, name='dropout')(x)
+  x = keras.layers.Dense(num_classes, name='logits')(x)
+  probabilities = keras.layers.Activation('softmax', dtype='float32', name='probabilities')(x)
+  return keras.Model(images, probabilities, name=f'densenet121_{config.adapter}')
+
+
+def augmentation(config: ModelConfig) -> keras.Sequential:
+  """Random rotation, zoom and shift at the stored size (cheap), active only in training."""
+  fill = dict(fill_mode='constant', fill_value=0.0, seed=config.seed, dtype='float32')
+  return keras.Sequential([
+      keras.layers.RandomRotation(config.rotation_degrees / 360, **fill),
+      keras.layers.RandomZoom((-config.zoom, config.zoom), **fill),
+      keras.layers.RandomTranslation(config.translate, config.translate, **fill),
+  ], name='augment')
+
+
+def _adapter(x, adapter, channels):
+  """Maps [0, 1] images with `channels` channels to the 3 channels DenseNet121 takes."""
+  if adapter == 'rgb':
+    # Gray copied to three channels (the article's first method), colour passed
+    # through, then ImageNet's mean and std: the statistics the weights were trained on.
+    if channels == 1:
+      x = keras.layers.Concatenate(name='gray_to_rgb', dtype='float32')([x, x, x])
+    return keras.layers.Normalization(
+        mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD], dtype='float32',
+        name=BACKBONE_INPUT)(x)
+  if adapter == 'conv':
+    # A learned stem (the article's second method): C channels in, 3 out.
+    x = keras.layers.Conv2D(3, 3, padding='same', name='stem_conv')(x)
+    x = keras.layers.BatchNormalization(name='stem_bn')(x)
+    return keras.layers.ReLU(name=BACKBONE_INPUT)(x)
+  raise ValueError(f'unknown adapter {adapter!r}; expected one of {ADAPTERS}')
+
+
+def _head(head):
+  if head == 'gap':
+    return keras.layers.GlobalAveragePooling2D(name='pool')
+  if head == 'flatten':
+    return keras.layers.Flatten(name='flatten')
+  raise ValueError(f'unknown head {head!r}; expected one of {HEADS}')
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+  return model.get_layer(BACKBONE)
+
+
+def preprocessing_model(model: keras.Model) -> keras.Model:
+  """The part of `model` before the backbone: shows the images as the backbone sees them."""
+  return keras.Model(model.input, model.get_layer(BACKBONE_INPUT).output, name='preprocessing')
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool):
+  """Freezes or unfreezes the backbone; takes effect at the next compile()."""
+  backbone_of(model).trainable = trainable

@@ -1,0 +1,243 @@
+"""Training: compile and `fit` in stages, keep the best checkpoint, evaluate on the test split.
+
+A run is one or two stages (see `plan_stages`):
+  finetune   every layer trains from the pretrained start
+  transfer   the backbone is frozen; only the adapter and the head train
+  two_stage  frozen for --frozen_epochs, then unfrozen, recompiled, trained at a lower rate
+    (the Keras "Transfer learning & fine-tuning" guide's recipe)
+
+Everything a run writes lands in its run folder:
+  flags.cfg                 the resolved flags (written by main; rerun with --flagfile)
+  logs/                     TensorBoard: train/ and validation/ scalars, preprocessed images
+  checkpoints/best*         the weights with the best validation accuracy
+  history.csv               per-epoch metrics, appended across resumes
+  metrics.json              test results; its presence marks the run as finished
+  backup/                   BackupAndRestore's state while a stage is in flight
+"""
+import csv
+import dataclasses
+import json
+import os
+import time
+from typing import List, Optional
+
+import tensorflow as tf
+
+from trainer import data, distribution, export, weights
+from trainer.keras_lib import keras
+from trainer.model import ModelConfig, backbone_of, build_model, preprocessing_model, \
+  set_backbone_trainable
+
+TRAIN_MODES = ('finetune', 'transfer', 'two_stage')
+# --learning_rate is the peak rate for this global batch; it scales linearly with the batch.
+REFERENCE_BATCH_SIZE = 256
+BEST_CHECKPOINT = os.path.join('checkpoints', 'best')
+METRICS_FILE = 'metrics.json'
+HISTORY_FILE = 'history.csv'
+NUM_LOGGED_IMAGES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  run_dir: str
+  dataset: str = 'mnist'
+  data_dir: Optional[str] = None
+  download: bool = True
+  validation_split: float = 0.2
+  model: ModelConfig = ModelConfig()
+  weights: str = 'imagenet'
+  train_mode: str = 'finetune'
+  epochs: int = 10
+  frozen_epochs: int = 2
+  batch_size: int = 128
+  learning_rate: float = 1e-3
+  unfrozen_learning_rate: float = 1e-4
+  warmup_epochs: float = 1.0
+  label_smoothing: float = 0.0
+  steps_per_epoch: int = 0  # 0: one pass over the training split
+  eval_steps: int = 0  # 0: the whole validation and test splits
+  seed: int = 0
+  export: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str
+  initial_epoch: int
+  epochs: int  # the epoch this stage ends at, as in fit(initial_epoch=..., epochs=...)
+  backbone_trainable: bool
+  learning_rate: float
+
+
+def plan_stages(config: TrainConfig) -> List[Stage]:
+  if config.train_mode == 'finetune':
+    return [Stage('finetune', 0, config.epochs, True, config.learning_rate)]
+  if config.train_mode == 'transfer':
+    return [Stage('transfer', 0, config.epochs, False, config.learning_rate)]
+  if config.train_mode == 'two_stage':
+    return [Stage('frozen', 0, config.frozen_epochs, False, config.learning_rate),
+            Stage('unfrozen', config.frozen_epochs, config.epochs, True,
+                  config.unfrozen_learning_rate)]
+  raise ValueError(f'unknown train_mode {config.train_mode!r}; expected one of {TRAIN_MODES}')
+
+
+def train_and_evaluate(config: TrainConfig, splits: data.Splits,
+                       strategy: tf.distribute.Strategy) -> dict:
+  """Trains, restores the best checkpoint, evaluates on the test split; returns the test metrics."""
+  chief = distribution.is_chief(strategy)
+  replicas = strategy.num_replicas_in_sync
+  print(f'{replicas} replica(s), global batch {config.batch_size}, '
+        f'{config.batch_size // replicas} per replica, '
+        f'precision {keras.mixed_precision.global_policy().name}')
+
+  # ---- Input pipeline: uint8 batches at the stored size.
+  train_ds = data.batched(splits.train, config.batch_size, training=True, seed=config.seed)
+  validation_ds = data.batched(splits.validation, config.batch_size, training=False)
+  test_ds = data.batched(splits.test, config.batch_size, training=False)
+  steps = config.steps_per_epoch or data.steps_per_epoch(splits.train, config.batch_size)
+  eval_steps = config.eval_steps or None
+
+  # ---- Model, with the pretrained backbone.
+  with strategy.scope():
+    model = build_model(config.model, splits.image_shape, splits.num_classes)
+    weights_path = weights.resolve(config.weights)
+    if weights_path:
+      loaded = weights.load_into_backbone(backbone_of(model), weights_path)
+      print(f'Loaded {weights_path} into {loaded} backbone layers')
+
+  with distribution.OutputDir(config.run_dir, chief) as out:
+    log_dir = os.path.join(out, 'logs')
+    log_preprocessed_images(model, validation_ds, log_dir)
+
+    # ---- Train, stage by stage.
+    stages = plan_stages(config)
+    for stage, next_stage in zip(stages, stages[1:] + [None]):
+      # BackupAndRestore forgets a stage once it ends, so a finished stage leaves its
+      # weights behind for a resumed run to start the next one from.
+      finished = os.path.join(config.run_dir, 'checkpoints', f'after_{stage.name}')
+      if next_stage and _exists(finished):
+        print(f'Stage {stage.name} finished in an earlier run; loading its weights')
+        model.load_weights(finished)
+        continue
+      with strategy.scope():
+        compile_for_stage(model, stage, config, steps, splits.num_classes)
+      print(f'Stage {stage.name}: epochs {stage.initial_epoch + 1}-{stage.epochs}, '
+            f'backbone {"training" if stage.backbone_trainable else "frozen"}')
+      model.fit(train_ds, epochs=stage.epochs, initial_epoch=stage.initial_epoch,
+                steps_per_epoch=steps, validation_data=validation_ds,
+                validation_steps=eval_steps, verbose=2,
+                callbacks=callbacks(config, out, log_dir, stage, steps))
+      if next_stage:
+        model.save_weights(finished if chief else os.path.join(out, 'after_stage'))
+
+    # ---- Evaluate the best checkpoint on the test split.
+    model.load_weights(os.path.join(config.run_dir, BEST_CHECKPOINT))
+    results = model.evaluate(test_ds, steps=eval_steps, return_dict=True, verbose=0)
+    metrics = {'test_loss': results['crossentropy'], 'test_accuracy': results['accuracy'],
+               'test_objective': results['loss']}
+    print(f'Test loss : {metrics["test_loss"]:.5f}')
+    print(f'Test accuracy: {metrics["test_accuracy"]:.4f}')
+    if config.export:
+      export.export_model(model, os.path.join(out, export.EXPORT_DIR), splits)
+    with open(os.path.join(out, METRICS_FILE), 'w') as f:
+      json.dump(metrics, f, indent=2)
+  return metrics
+
+
+def _exists(checkpoint_prefix):
+  return tf.io.gfile.exists(checkpoint_prefix + '.index')
+
+
+def compile_for_stage(model, stage: Stage, config: TrainConfig, steps_per_epoch: int,
+                      num_classes: int):
+  set_backbone_trainable(model, stage.backbone_trainable)
+  model.compile(
+      optimizer=keras.optimizers.Adam(learning_rate_schedule(stage, config, steps_per_epoch)),
+      loss=SmoothedCrossentropy(num_classes, config.label_smoothing),
+      metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy'),
+               keras.metrics.SparseCategoricalCrossentropy(name='crossentropy')])
+
+
+def learning_rate_schedule(stage: Stage, config: TrainConfig, steps_per_epoch: int):
+  """Linear warmup to the peak rate (scaled with the global batch), then cosine decay to 0."""
+  peak = stage.learning_rate * config.batch_size / REFERENCE_BATCH_SIZE
+  total_steps = (stage.epochs - stage.initial_epoch) * steps_per_epoch
+  warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+  return keras.optimizers.schedules.CosineDecay(
+      initial_learning_rate=0.0, decay_steps=total_steps - warmup_steps,
+      warmup_target=peak, warmup_steps=warmup_steps)
+
+
+class SmoothedCrossentropy(keras.losses.Loss):
+  """Cross-entropy on integer labels with label smoothing, which the sparse Keras loss lacks."""
+
+  def __init__(self, num_classes, label_smoothing=0.0, name='smoothed_crossentropy', **kwargs):
+    super().__init__(name=name, **kwargs)
+    self.num_classes = num_classes
+    self.label_smoothing = label_smoothing
+
+  def call(self, y_true, y_pred):
+    labels = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), self.num_classes)
+    return keras.losses.categorical_crossentropy(labels, y_pred,
+                                                 label_smoothing=self.label_smoothing)
+
+  def get_config(self):
+    return {**super().get_config(), 'num_classes': self.num_classes,
+            'label_smoothing': self.label_smoothing}
+
+
+def callbacks(config: TrainConfig, out: str, log_dir: str, stage: Stage, steps_per_epoch: int):
+  return [
+      # Preemption: a restarted run resumes this stage at its last finished epoch.
+      keras.callbacks.BackupAndRestore(os.path.join(config.run_dir, 'backup', stage.name)),
+      EpochScalars(stage, config.batch_size * steps_per_epoch),  # before TensorBoard: it adds to logs
+      keras.callbacks.TensorBoard(log_dir, update_freq='epoch'),
+      keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
+      keras.callbacks.ModelCheckpoint(
+          os.path.join(out, BEST_CHECKPOINT), monitor='val_accuracy', mode='max',
+          save_best_only=True, save_weights_only=True,
+          # A resumed run must beat what it already saved, never overwrite a better checkpoint.
+          initial_value_threshold=best_validation_accuracy(config.run_dir)),
+  ]
+
+
+def best_validation_accuracy(run_dir):
+  """The best val_accuracy in the run's history so far, or None for a new run."""
+  path = os.path.join(run_dir, HISTORY_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    values = [float(row['val_accuracy']) for row in csv.DictReader(f) if row.get('val_accuracy')]
+  return max(values, default=None)
+
+
+class EpochScalars(keras.callbacks.Callback):
+  """Adds the learning rate, the backbone's state and the throughput to each epoch's logs."""
+
+  def __init__(self, stage: Stage, examples_per_epoch: int):
+    super().__init__()
+    self.stage = stage
+    self.examples_per_epoch = examples_per_epoch
+    self.epoch_start = None
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch_start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    optimizer = self.model.optimizer
+    schedule = optimizer.learning_rate
+    logs['learning_rate'] = float(schedule(optimizer.iterations) if callable(schedule)
+                                  else schedule)
+    logs['backbone_trainable'] = float(self.stage.backbone_trainable)
+    logs['examples_per_second'] = self.examples_per_epoch / (time.perf_counter() - self.epoch_start)
+
+
+def log_preprocessed_images(model, dataset, log_dir):
+  """A few images as the backbone receives them, rescaled per image to [0, 1] for display."""
+  images, _ = next(iter(dataset.take(1)))
+  seen = preprocessing_model(model)(images[:NUM_LOGGED_IMAGES], training=False)
+  low = tf.reduce_min(seen, axis=[1, 2, 3], keepdims=True)
+  high = tf.reduce_max(seen, axis=[1, 2, 3], keepdims=True)
+  with tf.summary.create_file_writer(os.path.join(log_dir, 'train')).as_default():
+    tf.summary.image('preprocessed_inputs', (seen - low) / (high - low + 1e-6), step=0,
+                     max_outputs=NUM_LOGGED_IMAGES)
