@@ -1,0 +1,69 @@
+"""Shared fixtures. DenseNet121 takes ~30 s to build and step on a 2-core CPU, so the
+expensive things (a weights file, a finished tiny run) are built once per session."""
+import os
+
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+# Two logical CPUs let MirroredStrategy tests run here; this must happen before
+# anything else initialises TensorFlow's devices.
+_cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from absl import flags  # noqa: E402
+
+from trainer.keras_lib import keras  # noqa: E402
+
+MOCK_EXAMPLES = 40
+# Flags of a run small enough for this CPU: 32x32 (DenseNet's minimum), a few steps.
+TINY_FLAGS = ['--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=2',
+              '--eval_steps=1', '--warmup_epochs=0.5']
+
+
+@pytest.fixture(autouse=True)
+def _fresh_flags_and_policy():
+  """Each test parses its own flags and starts from float32."""
+  flags.FLAGS.unparse_flags()
+  yield
+  flags.FLAGS.unparse_flags()
+  keras.mixed_precision.set_global_policy('float32')
+
+
+@pytest.fixture
+def mock_mnist():
+  """tfds's mock MNIST: deterministic uint8 28x28x1 images, downloads blocked."""
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    yield
+
+
+def train_with_flags(*argv):
+  """Parses `argv` as trainer.main's flags and runs it in this process; returns the test metrics."""
+  from trainer import main  # pylint: disable=import-outside-toplevel
+  flags.FLAGS(['trainer.main', *argv])
+  return main.run()
+
+
+@pytest.fixture(scope='session')
+def notop_weights_file(tmp_path_factory):
+  """A seeded DenseNet121 saved the way keras.applications' notop .h5 files are."""
+  keras.utils.set_random_seed(1234)
+  backbone = keras.applications.DenseNet121(include_top=False, weights=None,
+                                            input_shape=(32, 32, 3))
+  path = str(tmp_path_factory.mktemp('weights') / 'densenet121_notop.h5')
+  backbone.save_weights(path)
+  return path
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory, notop_weights_file):
+  """A finished two-epoch run of trainer.main on mock MNIST; returns its run folder."""
+  root = tmp_path_factory.mktemp('tiny_run')
+  run_dir = str(root / 'run')
+  flags.FLAGS.unparse_flags()
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    metrics = train_with_flags(*TINY_FLAGS, '--adapter=rgb', f'--weights={notop_weights_file}',
+                               f'--run_dir={run_dir}', f'--data_dir={root / "tfds"}')
+  flags.FLAGS.unparse_flags()
+  assert os.path.exists(os.path.join(run_dir, 'metrics.json')), metrics
+  return run_dir
