@@ -67,3 +67,12 @@ def tiny_run(tmp_path_factory, notop_weights_file):
   flags.FLAGS.unparse_flags()
   assert os.path.exists(os.path.join(run_dir, 'metrics.json')), metrics
   return run_dir
+
+
+def event_tags(log_dir):
+  """Every summary tag written to the TensorBoard event files directly in `log_dir`."""
+  tags = set()
+  for path in tf.io.gfile.glob(os.path.join(log_dir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  return tags
