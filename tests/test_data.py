@@ -1,0 +1,71 @@
+"""The input pipeline: uint8 at the stored size, deterministic splits and order."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import data
+from trainer.errors import UserError
+
+
+def first_batch(ds):
+  images, labels = next(iter(ds))
+  return images.numpy(), labels.numpy()
+
+
+def test_training_batches_are_uint8_at_the_stored_size():
+  ds = data.batched(data.synthetic_dataset(50, seed=0), 16, training=True, seed=0)
+  images, labels = first_batch(ds)
+  assert images.dtype == np.uint8 and images.shape == (16, 28, 28, 1)
+  assert labels.dtype == np.int64 and labels.shape == (16,)
+  # Nothing float or resized is ever made on the host: the whole pipeline is uint8 28x28.
+  assert ds.element_spec[0] == tf.TensorSpec((16, 28, 28, 1), tf.uint8)
+
+
+def test_training_repeats_with_full_batches_and_evaluation_keeps_the_remainder():
+  source = data.synthetic_dataset(20, seed=0)
+  training = data.batched(source, 8, training=True)
+  assert [len(labels) for _, labels in training.take(5)] == [8] * 5  # past one pass of 20
+  evaluation = data.batched(source, 8, training=False)
+  assert [len(labels) for _, labels in evaluation] == [8, 8, 4]
+
+
+def test_same_seed_same_order_other_seed_other_order():
+  source = data.synthetic_dataset(64, seed=0)
+  order = lambda seed: first_batch(data.batched(source, 32, training=True, seed=seed))[1]
+  np.testing.assert_array_equal(order(1), order(1))
+  assert not np.array_equal(order(1), order(2))
+
+
+def test_validation_is_the_last_part_of_train_and_sizes_add_up():
+  splits = data.load_splits('synthetic', None, validation_split=0.2)
+  assert data.num_examples(splits.train) == 48_000
+  assert data.num_examples(splits.validation) == 12_000
+  assert data.num_examples(splits.test) == 10_000
+  whole = data.synthetic_dataset(60_000, seed=0)
+  first_validation, _ = next(iter(splits.validation))
+  np.testing.assert_array_equal(first_validation, next(iter(whole.skip(48_000)))[0])
+  assert (splits.image_shape, splits.num_classes) == ((28, 28, 1), 10)
+
+
+def test_synthetic_images_are_the_same_every_pass():
+  ds = data.synthetic_dataset(4, seed=3)
+  first, second = list(ds.as_numpy_iterator()), list(ds.as_numpy_iterator())
+  np.testing.assert_array_equal(first[2][0], second[2][0])
+  assert first[0][0].std() > 0
+
+
+def test_steps_per_epoch_refuses_a_batch_larger_than_the_data():
+  assert data.steps_per_epoch(data.synthetic_dataset(20, seed=0), 8) == 2
+  with pytest.raises(UserError, match='--batch_size=32'):
+    data.steps_per_epoch(data.synthetic_dataset(20, seed=0), 32)
+
+
+def test_tfds_splits_come_from_the_dataset_info(mock_mnist, tmp_path):
+  splits = data.load_splits('mnist', str(tmp_path), validation_split=0.2)
+  assert splits.image_shape == (28, 28, 1) and splits.num_classes == 10
+  assert splits.train.element_spec[0].dtype == tf.uint8
+
+
+def test_a_dataset_missing_with_downloads_off_names_both_fixes(tmp_path):
+  with pytest.raises(UserError, match='not prepared.*--nodownload.*prepare_data'):
+    data.load_splits('mnist', str(tmp_path), 0.2, download=False)

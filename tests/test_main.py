@@ -1,0 +1,72 @@
+"""trainer.main end to end on mock MNIST, and its bad inputs as a user meets them."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_FLAGS, event_tags, train_with_flags
+from trainer import runs
+from trainer.train import TrainConfig
+
+
+def test_a_finished_run_leaves_logs_checkpoint_and_metrics(tiny_run):
+  with open(os.path.join(tiny_run, 'metrics.json')) as f:
+    metrics = json.load(f)
+  assert 0 <= metrics['test_accuracy'] <= 1 and metrics['test_loss'] > 0
+  assert os.path.exists(os.path.join(tiny_run, 'checkpoints', 'best.index'))
+  assert '--adapter=rgb' in open(os.path.join(tiny_run, 'flags.cfg')).read()
+  with open(os.path.join(tiny_run, 'history.csv')) as f:
+    assert len(f.read().splitlines()) == 1 + 2  # a header and two epochs
+  train_tags = event_tags(os.path.join(tiny_run, 'logs', 'train'))
+  assert {'epoch_loss', 'epoch_accuracy', 'epoch_learning_rate',
+          'preprocessed_inputs'} <= train_tags
+  assert {'epoch_loss', 'epoch_accuracy'} <= event_tags(os.path.join(tiny_run, 'logs',
+                                                                     'validation'))
+
+
+def test_conv_adapter_trains_end_to_end(mock_mnist, tmp_path, notop_weights_file, capsys):
+  run_dir = str(tmp_path / 'conv')
+  metrics = train_with_flags(*TINY_FLAGS, '--adapter=conv', '--augment', '--head=flatten',
+                             f'--weights={notop_weights_file}', f'--run_dir={run_dir}',
+                             f'--data_dir={tmp_path / "tfds"}')
+  out = capsys.readouterr().out
+  assert f'Test accuracy: {metrics["test_accuracy"]:.4f}' in out
+  assert 'Test loss : ' in out
+  assert os.path.exists(os.path.join(run_dir, 'metrics.json'))
+
+
+def test_a_finished_run_is_never_overwritten(tiny_run):
+  config = runs.load_config(tiny_run)
+  with pytest.raises(runs.UserError, match='finished run'):
+    runs.claim(config, flags_text='')
+
+
+def test_an_unfinished_run_resumes_only_with_the_same_settings(tmp_path):
+  config = TrainConfig(run_dir=str(tmp_path / 'run'))
+  runs.claim(config, flags_text='--adapter=rgb\n')
+  runs.claim(config, flags_text='--adapter=rgb\n')  # the same settings resume
+  other = TrainConfig(run_dir=config.run_dir, epochs=config.epochs + 1)
+  with pytest.raises(runs.UserError, match=r'other settings \(epochs\)'):
+    runs.claim(other, flags_text='')
+
+
+def run_main(*argv):
+  return subprocess.run([sys.executable, '-m', 'trainer.main', *argv], capture_output=True,
+                        text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['--adapter=gray'], 'flag --adapter=gray: value should be one of <rgb|conv>'),
+    (['--image_size=28'], 'flag --image_size=28: 28 is not integer >= 32'),
+    (['--batch_size=0'], 'flag --batch_size=0: 0 is not integer >= 1'),
+    (['--dataset=no_such_dataset'], "--dataset='no_such_dataset' is not a tensorflow-datasets"),
+    (['--nodownload'], 'not prepared in --data_dir='),
+])
+def test_bad_input_ends_in_one_clear_line(argv, expected, tmp_path):
+  result = run_main(*argv, f'--data_dir={tmp_path}', f'--run_dir={tmp_path / "run"}')
+  assert result.returncode != 0
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('error: ') and expected in last_line, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr

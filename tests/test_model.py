@@ -1,0 +1,77 @@
+"""The model carries its preprocessing: uint8 28x28x1 in, float32 probabilities out."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer.keras_lib import keras
+from trainer.model import ModelConfig, backbone_of, build_model, preprocessing_model
+
+IMAGE_SIZE = 32
+
+
+def build_mnist_model(adapter):
+  keras.utils.set_random_seed(0)
+  return build_model(ModelConfig(image_size=IMAGE_SIZE, adapter=adapter), (28, 28, 1), 10)
+
+
+@pytest.fixture(scope='module')
+def rgb_model():
+  return build_mnist_model('rgb')
+
+
+@pytest.fixture(scope='module')
+def conv_model():
+  return build_mnist_model('conv')
+
+
+@pytest.fixture(params=['rgb_model', 'conv_model'])
+def model(request):
+  return request.getfixturevalue(request.param)
+
+
+def digits(n=4):
+  return np.random.default_rng(0).integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)
+
+
+def test_uint8_digits_in_float32_probabilities_out(model):
+  assert model.input.dtype == tf.uint8 and model.input.shape[1:] == (28, 28, 1)
+  probabilities = model(digits(), training=False)
+  assert probabilities.dtype == tf.float32 and probabilities.shape == (4, 10)
+  np.testing.assert_allclose(tf.reduce_sum(probabilities, axis=-1), np.ones(4), rtol=1e-5)
+
+
+def test_the_resize_to_three_channels_happens_inside_the_model(model):
+  seen = preprocessing_model(model)(digits(), training=False)
+  assert seen.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
+  assert backbone_of(model).input_shape == (None, IMAGE_SIZE, IMAGE_SIZE, 3)
+
+
+def test_rgb_adapter_matches_densenet_preprocess_input(rgb_model):
+  images = digits()
+  resized = tf.image.resize(tf.cast(images, tf.float32), (IMAGE_SIZE, IMAGE_SIZE), 'bicubic')
+  expected = keras.applications.densenet.preprocess_input(tf.image.grayscale_to_rgb(resized))
+  seen = preprocessing_model(rgb_model)(images, training=False)
+  np.testing.assert_allclose(seen, expected, atol=1e-4)
+
+
+def test_conv_adapter_stem_sees_one_channel_and_makes_three(conv_model):
+  assert conv_model.get_layer('stem_conv').kernel.shape == (3, 3, 1, 3)
+  assert conv_model.get_layer('stem_bn').trainable
+
+
+def test_three_channel_images_keep_their_colour_through_the_rgb_adapter():
+  small = build_model(ModelConfig(image_size=IMAGE_SIZE, adapter='rgb'), (32, 32, 3), 10)
+  assert 'gray_to_rgb' not in [layer.name for layer in small.layers]
+  colour = np.zeros((1, 32, 32, 3), np.uint8)
+  colour[..., 0] = 255  # pure red
+  seen = preprocessing_model(small)(colour).numpy()
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  np.testing.assert_allclose(seen[0, 5, 5], (np.array([1, 0, 0]) - mean) / std, atol=1e-4)
+
+
+def test_augmentation_changes_images_only_in_training():
+  augmented = build_model(ModelConfig(image_size=IMAGE_SIZE, augment=True), (28, 28, 1), 10)
+  preprocess = preprocessing_model(augmented)
+  images = digits()
+  np.testing.assert_allclose(preprocess(images, training=False), preprocess(images, training=False))
+  assert not np.allclose(preprocess(images, training=True), preprocess(images, training=False))
