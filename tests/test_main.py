@@ -70,3 +70,15 @@ def test_bad_input_ends_in_one_clear_line(argv, expected, tmp_path):
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: ') and expected in last_line, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('config_file', sorted(
+    os.path.join('configs', name) for name in os.listdir(
+        os.path.join(os.path.dirname(__file__), '..', 'configs'))))
+def test_every_config_parses_into_a_train_config(config_file):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from trainer import main  # pylint: disable=import-outside-toplevel
+  root = os.path.join(os.path.dirname(__file__), '..')
+  flags.FLAGS(['trainer.main', f'--flagfile={os.path.join(root, config_file)}'])
+  config = main.config_from_flags()
+  assert config.epochs >= 1 and config.model.image_size >= 32
