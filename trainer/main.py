@@ -63,6 +63,8 @@ flags.DEFINE_string('run_dir', None, 'Run folder (default runs/<run_name>); an e
                     'resumed.')
 flags.DEFINE_string('run_name', '', 'Name of the run folder under runs/ (default: the start time).')
 flags.DEFINE_bool('export', True, 'Export a SavedModel that takes raw images at the end.')
+flags.DEFINE_string('profile_steps', '', "Training steps to trace for TensorBoard's Profile tab: "
+                    'N, or FIRST,LAST (e.g. 10,12); each stage traces its own. Empty: none.')
 # ---- Hardware
 flags.DEFINE_integer('num_gpus', 0, 'GPUs per machine: 0 CPU, 1 one GPU, N MirroredStrategy.',
                      lower_bound=0)
@@ -76,6 +78,21 @@ flags.register_multi_flags_validator(
     lambda f: f['train_mode'] != 'two_stage' or f['frozen_epochs'] < f['epochs'],
     message='--frozen_epochs must be below --epochs for --train_mode=two_stage; '
             'lower --frozen_epochs or raise --epochs')
+
+
+def _is_step_range(text):
+  """'' (none), 'N' or 'FIRST,LAST' with 1 <= FIRST <= LAST: what keras' profile_batch takes."""
+  if not text:
+    return True
+  steps = text.split(',')
+  if len(steps) > 2 or not all(step.strip().isdigit() for step in steps):
+    return False
+  return 1 <= int(steps[0]) <= int(steps[-1])
+
+
+flags.register_validator('profile_steps', _is_step_range,
+                         message='--profile_steps must be N or FIRST,LAST with 1 <= FIRST <= LAST '
+                                 '(e.g. 10,12), or empty for no profile')
 
 FLAGS = flags.FLAGS
 
@@ -95,7 +112,7 @@ def config_from_flags() -> train.TrainConfig:
       learning_rate=FLAGS.learning_rate, unfrozen_learning_rate=FLAGS.unfrozen_learning_rate,
       warmup_epochs=FLAGS.warmup_epochs, label_smoothing=FLAGS.label_smoothing,
       steps_per_epoch=FLAGS.steps_per_epoch, eval_steps=FLAGS.eval_steps, seed=FLAGS.seed,
-      export=FLAGS.export)
+      export=FLAGS.export, profile_steps=FLAGS.profile_steps)
 
 
 def resolved_flags_text() -> str:
@@ -105,6 +122,7 @@ def resolved_flags_text() -> str:
 
 def run(splits_override=None, strategy_override=None) -> dict:
   """Trains as the flags say; tests inject small datasets and strategies."""
+  distribution.check_shared_run_dir(bool(FLAGS.run_dir or FLAGS.run_name))
   config = config_from_flags()
   # The strategy comes first: it fixes which devices TensorFlow initialises.
   strategy = strategy_override or distribution.make_strategy(FLAGS.num_gpus,
@@ -117,7 +135,8 @@ def run(splits_override=None, strategy_override=None) -> dict:
   runs.claim(config, resolved_flags_text(), chief=distribution.is_chief(strategy))
   splits = splits_override or data.load_splits(config.dataset, config.data_dir,
                                                config.validation_split, config.download)
-  return train.train_and_evaluate(config, splits, strategy)
+  with distribution.lost_workers_as_user_errors():
+    return train.train_and_evaluate(config, splits, strategy)
 
 
 def main(argv):

@@ -11,14 +11,16 @@ import os
 
 import tensorflow as tf
 
+from trainer import export
 from trainer.errors import UserError
-from trainer.model import ModelConfig
-from trainer.train import METRICS_FILE, TrainConfig
+from trainer.keras_lib import keras
+from trainer.model import ModelConfig, build_model
+from trainer.train import BEST_CHECKPOINT, METRICS_FILE, TrainConfig
 
 CONFIG_FILE = 'config.json'
 FLAGS_FILE = 'flags.cfg'
 # These may change between a run and its resumption without changing what it trains.
-RESUMABLE_CHANGES = ('data_dir', 'download', 'export')
+RESUMABLE_CHANGES = ('data_dir', 'download', 'export', 'profile_steps')
 
 
 def default_run_dir(run_name: str = '') -> str:
@@ -52,6 +54,20 @@ def load_config(run_dir: str) -> TrainConfig:
   with tf.io.gfile.GFile(path) as f:
     fields = json.load(f)
   return TrainConfig(**{**fields, 'model': ModelConfig(**fields['model'])})
+
+
+def load_best_model(run_dir: str) -> keras.Model:
+  """The run's model with its best checkpoint's weights, built from the run folder alone."""
+  config = load_config(run_dir)
+  checkpoint = os.path.join(run_dir, BEST_CHECKPOINT)
+  if not tf.io.gfile.exists(checkpoint + '.index'):
+    raise UserError(f'{run_dir} has no checkpoint yet ({checkpoint}.index is missing); wait for '
+                    'its first epoch to finish, or train it with python -m trainer.main')
+  dataset = export.read_dataset_info(run_dir)
+  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  # The checkpoint also holds the optimizer's state, which inference does not need.
+  model.load_weights(checkpoint).expect_partial()
+  return model
 
 
 def _changed_fields(old: TrainConfig, new: TrainConfig):

@@ -8,10 +8,13 @@ A run is one or two stages (see `plan_stages`):
 
 Everything a run writes lands in its run folder:
   flags.cfg                 the resolved flags (written by main; rerun with --flagfile)
-  logs/                     TensorBoard: train/ and validation/ scalars, preprocessed images
+  dataset.json              the image shape and classes the model takes (trainer/export.py)
+  logs/                     TensorBoard: train/ and validation/ scalars, preprocessed images,
+                            the settings and test metrics for the HParams dashboard
   checkpoints/best*         the weights with the best validation accuracy
   history.csv               per-epoch metrics, appended across resumes
   metrics.json              test results; its presence marks the run as finished
+  export/, model.keras      the SavedModel that takes raw images, and the Keras model
   backup/                   BackupAndRestore's state while a stage is in flight
 """
 import csv
@@ -22,6 +25,7 @@ import time
 from typing import List, Optional
 
 import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
 
 from trainer import data, distribution, export, weights
 from trainer.keras_lib import keras
@@ -58,6 +62,7 @@ class TrainConfig:
   eval_steps: int = 0  # 0: the whole validation and test splits
   seed: int = 0
   export: bool = True
+  profile_steps: str = ''  # batches to trace for TensorBoard's Profile tab: 'N' or 'FIRST,LAST'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +111,7 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits,
       print(f'Loaded {weights_path} into {loaded} backbone layers')
 
   with distribution.OutputDir(config.run_dir, chief) as out:
+    export.write_dataset_info(out, splits)
     log_dir = os.path.join(out, 'logs')
     log_preprocessed_images(model, validation_ds, log_dir)
 
@@ -137,8 +143,9 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits,
                'test_objective': results['loss']}
     print(f'Test loss : {metrics["test_loss"]:.5f}')
     print(f'Test accuracy: {metrics["test_accuracy"]:.4f}')
+    log_hparams(log_dir, config, metrics, replicas)
     if config.export:
-      export.export_model(model, os.path.join(out, export.EXPORT_DIR), splits)
+      export.export_model(model, out)
     with open(os.path.join(out, METRICS_FILE), 'w') as f:
       json.dump(metrics, f, indent=2)
   return metrics
@@ -191,7 +198,8 @@ def callbacks(config: TrainConfig, out: str, log_dir: str, stage: Stage, steps_p
       # Preemption: a restarted run resumes this stage at its last finished epoch.
       keras.callbacks.BackupAndRestore(os.path.join(config.run_dir, 'backup', stage.name)),
       EpochScalars(stage, config.batch_size * steps_per_epoch),  # before TensorBoard: it adds to logs
-      keras.callbacks.TensorBoard(log_dir, update_freq='epoch'),
+      keras.callbacks.TensorBoard(log_dir, update_freq='epoch',
+                                  profile_batch=config.profile_steps or 0),
       keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
       keras.callbacks.ModelCheckpoint(
           os.path.join(out, BEST_CHECKPOINT), monitor='val_accuracy', mode='max',
@@ -230,6 +238,19 @@ class EpochScalars(keras.callbacks.Callback):
                                   else schedule)
     logs['backbone_trainable'] = float(self.stage.backbone_trainable)
     logs['examples_per_second'] = self.examples_per_epoch / (time.perf_counter() - self.epoch_start)
+
+
+def log_hparams(log_dir, config: TrainConfig, metrics: dict, replicas: int):
+  """The run's settings and test metrics for the HParams dashboard, so runs compare side by side."""
+  settings = {**dataclasses.asdict(config), **dataclasses.asdict(config.model),
+              'precision': keras.mixed_precision.global_policy().name, 'replicas': replicas}
+  # HParams takes only bool, int, float and str values; the paths say nothing about the result.
+  hparams = {name: value for name, value in settings.items()
+             if isinstance(value, (bool, int, float, str)) and name not in ('run_dir', 'data_dir')}
+  with tf.summary.create_file_writer(log_dir).as_default():
+    hparams_api.hparams(hparams, trial_id=os.path.basename(os.path.normpath(config.run_dir)))
+    for name, value in metrics.items():
+      tf.summary.scalar(name, value, step=config.epochs)
 
 
 def log_preprocessed_images(model, dataset, log_dir):

@@ -1,0 +1,127 @@
+"""python -m trainer.predict on image files the tests draw."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageDraw, ImageOps
+
+from trainer import predict
+from trainer.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST_SHAPE = (28, 28, 1)
+
+
+def run_command(*args):
+  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=False)
+
+
+def draw_seven(size=(90, 120), ink=30, paper=230):
+  """A 7 in dark ink on light paper, taller than wide, as a phone might photograph it."""
+  width, height = size
+  image = Image.new('L', size, paper)
+  ImageDraw.Draw(image).line([(0.25 * width, 0.2 * height), (0.75 * width, 0.2 * height),
+                              (0.4 * width, 0.8 * height)], fill=ink, width=width // 8)
+  return image
+
+
+@pytest.fixture
+def digit_files(tmp_path):
+  """The same 7 dark-on-light (PNG and a larger JPEG) and light-on-dark, as MNIST stores it."""
+  paths = {name: str(tmp_path / name) for name in ('dark_on_light.png', 'light_on_dark.png',
+                                                   'photo.jpg')}
+  draw_seven().save(paths['dark_on_light.png'])
+  ImageOps.invert(draw_seven()).save(paths['light_on_dark.png'])
+  draw_seven((300, 400)).convert('RGB').save(paths['photo.jpg'], quality=90)
+  return paths
+
+
+@pytest.fixture
+def export_dir(tiny_run):
+  return os.path.join(tiny_run, 'export')
+
+
+def test_a_light_background_is_inverted_into_the_dataset_format(digit_files):
+  def model_input(name, invert='auto'):
+    return predict.to_model_input(predict.read_image(digit_files[name]), MNIST_SHAPE, invert)
+
+  from_paper = model_input('dark_on_light.png')
+  as_stored = model_input('light_on_dark.png')
+  assert from_paper.shape == MNIST_SHAPE and from_paper.dtype == np.uint8
+  assert np.abs(from_paper.astype(int) - as_stored).max() <= 1
+  assert as_stored[0, 0, 0] < 50 and as_stored.max() > 200  # dark background, light strokes
+  assert model_input('dark_on_light.png', invert='no')[0, 0, 0] > 200
+  assert model_input('light_on_dark.png', invert='yes')[0, 0, 0] > 200
+  # Scaled to fit with the aspect kept: the 90x120 drawing's side columns are padding.
+  assert np.abs(from_paper[:, :3].astype(int) - from_paper[0, 0, 0]).max() <= 1
+
+
+def test_auto_inversion_compares_border_and_centre():
+  light_border = np.full((20, 20), 200, np.uint8)
+  light_border[5:15, 5:15] = 20
+  dark_border = 255 - light_border
+  assert predict.should_invert(Image.fromarray(light_border), 'auto')
+  assert not predict.should_invert(Image.fromarray(dark_border), 'auto')
+  assert not predict.should_invert(Image.fromarray(light_border).convert('RGB'), 'auto')
+  assert predict.should_invert(Image.fromarray(dark_border), 'yes')
+  assert not predict.should_invert(Image.fromarray(light_border), 'no')
+
+
+def test_predict_prints_a_class_and_probability_per_file(export_dir, digit_files):
+  paths = list(digit_files.values())
+  predictions = predict.predict_files(export_dir, paths)
+
+  assert [p['file'] for p in predictions] == paths
+  for p in predictions:
+    assert 0 <= p['class'] < 10
+    assert sum(p['probabilities']) == pytest.approx(1, abs=1e-4)
+    assert p['probability'] == max(p['probabilities'])
+  assert predictions[0]['class'] == predictions[1]['class']  # the same digit either way round
+  assert predict.format_predictions(predictions).splitlines()[0] == (
+      f'{paths[0]}: {predictions[0]["class"]} (probability {predictions[0]["probability"]:.3f})')
+
+  result = run_command('-m', 'trainer.predict', f'--model={export_dir}', '--json', *paths)
+  assert result.returncode == 0, result.stderr
+  printed = json.loads(result.stdout)
+  assert [p['class'] for p in printed] == [p['class'] for p in predictions]
+  np.testing.assert_allclose([p['probabilities'] for p in printed],
+                             [p['probabilities'] for p in predictions], atol=1e-6)
+
+
+# ---- Bad input
+
+
+def test_bad_inputs_are_refused(export_dir, digit_files, tmp_path):
+  not_an_image = tmp_path / 'notes.png'
+  not_an_image.write_text('not pixels')
+  good = digit_files['light_on_dark.png']
+  with pytest.raises(UserError, match='not a readable image'):
+    predict.predict_files(export_dir, [good, str(not_an_image)])
+  with pytest.raises(UserError, match='does not exist'):
+    predict.predict_files(export_dir, [str(tmp_path / 'missing.png')])
+  with pytest.raises(UserError, match='no image files'):
+    predict.predict_files(export_dir, [])
+  with pytest.raises(UserError, match='not a SavedModel'):
+    predict.predict_files(str(tmp_path), [good])
+  other_saved_model = str(tmp_path / 'other')
+  tf.saved_model.save(tf.Module(), other_saved_model)
+  with pytest.raises(UserError, match='not one that trainer.export wrote'):
+    predict.predict_files(other_saved_model, [good])
+
+
+def test_bad_inputs_on_the_command_line_end_in_one_line(export_dir, digit_files, tmp_path):
+  not_an_image = tmp_path / 'notes.png'
+  not_an_image.write_text('not pixels')
+  good = digit_files['light_on_dark.png']
+  for model, image, problem in [(export_dir, str(not_an_image), 'is not a readable image'),
+                                (str(tmp_path), good, 'is not a SavedModel')]:
+    result = run_command('-m', 'trainer.predict', f'--model={model}', image)
+    assert result.returncode == 1
+    assert 'Traceback' not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith('error: ') and problem in last_line

@@ -1,0 +1,145 @@
+"""Classifies image files with an exported model.
+
+  python -m trainer.predict --model=runs/NAME/export digit.png photo.jpg
+  python -m trainer.predict --model=runs/NAME/export --json *.png
+
+Each file (PNG, JPEG or anything else Pillow reads, of any size) is turned into
+the dataset's format before the model sees it: gray or RGB as the model takes,
+scaled to fit its input (28x28 for MNIST) with the aspect kept, and padded with
+the background.
+
+Photos of handwriting: MNIST stores light strokes on a black background, the
+opposite of ink on paper. --invert=auto (the default) inverts a gray image whose
+border is brighter than its centre; gray images are then stretched to the full
+black-to-white range. Crop a photo close to the digit: MNIST digits fill about
+20 of their 28 pixels.
+"""
+import json
+import os
+from typing import List, Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import flags
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from trainer import cli
+from trainer.errors import UserError
+from trainer.export import SIGNATURE
+
+INVERT_CHOICES = ('auto', 'yes', 'no')
+BATCH_SIZE = 64
+BORDER = 0.1  # the outer tenth of each side counts as the border
+
+
+def load_signature(model_dir: str):
+  """The export's serving signature, and the (H, W, C) uint8 images it takes."""
+  if not tf.saved_model.contains_saved_model(model_dir):
+    raise UserError(f'{model_dir} is not a SavedModel (no saved_model.pb); give the export '
+                    'folder of a run, e.g. --model=runs/NAME/export')
+  signature = tf.saved_model.load(model_dir).signatures.get(SIGNATURE)
+  spec = None if signature is None else signature.structured_input_signature[1].get('images')
+  if spec is None or spec.dtype != tf.uint8 or spec.shape.rank != 4:
+    raise UserError(f'{model_dir} is a SavedModel but not one that trainer.export wrote (no '
+                    f'{SIGNATURE} signature taking uint8 images); export the run with '
+                    'python -m trainer.export --run_dir=runs/NAME')
+  return signature, tuple(spec.shape[1:])
+
+
+def read_image(path: str) -> Image.Image:
+  if not os.path.isfile(path):
+    raise UserError(f'{path} does not exist; give paths of PNG or JPEG files')
+  try:
+    image = Image.open(path)
+    image.load()  # decode now, so a broken file fails here rather than later
+  except (UnidentifiedImageError, OSError) as e:
+    raise UserError(f'{path} is not a readable image ({e}); give PNG or JPEG files') from None
+  # Phone photos are often stored sideways with an EXIF note saying how to turn them.
+  return ImageOps.exif_transpose(image)
+
+
+def to_model_input(image: Image.Image, image_shape, invert: str = 'auto') -> np.ndarray:
+  """`image` as the dataset stores its images: uint8 (H, W, C), the model's input."""
+  height, width, channels = image_shape
+  image = image.convert('L' if channels == 1 else 'RGB')
+  if should_invert(image, invert):
+    image = ImageOps.invert(image)
+  if channels == 1:
+    # Gray sets such as MNIST span black background to white strokes; a photo's
+    # paper is seldom black once inverted, nor its ink white. (1%: ignore speckles.)
+    image = ImageOps.autocontrast(image, cutoff=1)
+  # Scale to fit and pad, rather than stretch: a digit keeps its proportions.
+  image = ImageOps.pad(image, (width, height), method=Image.Resampling.BICUBIC,
+                       color=_border_color(image))
+  return np.asarray(image, np.uint8).reshape(height, width, channels)
+
+
+def should_invert(image: Image.Image, invert: str) -> bool:
+  """yes, no, or auto: invert a gray image whose border is brighter than its centre."""
+  if invert != 'auto':
+    return invert == 'yes'
+  if image.mode != 'L':
+    return False  # a colour dataset's photos are not stored inverted
+  pixels = np.asarray(image, np.float32)
+  height, width = pixels.shape
+  top, left = round(height * BORDER), round(width * BORDER)
+  centre = pixels[top:height - top, left:width - left]
+  border_mean = (pixels.sum() - centre.sum()) / max(pixels.size - centre.size, 1)
+  return border_mean > centre.mean()
+
+
+def _border_color(image: Image.Image):
+  """The median colour of the outermost pixels: the background, for padding."""
+  pixels = np.asarray(image)
+  edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+  median = np.median(edges, axis=0).astype(np.uint8)
+  return int(median) if median.ndim == 0 else tuple(int(v) for v in median)
+
+
+def predict(signature, images: np.ndarray):
+  """(probabilities, classes) for a stack of model inputs, in batches."""
+  outputs = [signature(images=tf.constant(images[start:start + BATCH_SIZE]))
+             for start in range(0, len(images), BATCH_SIZE)]
+  return (np.concatenate([o['probabilities'].numpy() for o in outputs]),
+          np.concatenate([o['classes'].numpy() for o in outputs]))
+
+
+def predict_files(model_dir: str, paths: Sequence[str], invert: str = 'auto') -> List[dict]:
+  """One {'file', 'class', 'probability', 'probabilities'} per path."""
+  if not paths:
+    raise UserError('no image files given; list them after the flags, e.g. '
+                    'python -m trainer.predict --model=runs/NAME/export digit.png')
+  # Every file is read before the (slower) model loads: a bad one fails the command early.
+  images = [read_image(path) for path in paths]
+  signature, image_shape = load_signature(model_dir)
+  images = np.stack([to_model_input(image, image_shape, invert) for image in images])
+  probabilities, classes = predict(signature, images)
+  return [{'file': path, 'class': int(c), 'probability': float(p[c]),
+           'probabilities': [float(v) for v in p]}
+          for path, c, p in zip(paths, classes, probabilities)]
+
+
+def format_predictions(predictions: List[dict]) -> str:
+  return '\n'.join(f'{p["file"]}: {p["class"]} (probability {p["probability"]:.3f})'
+                   for p in predictions)
+
+
+def define_flags():
+  """Only when run as a command, like trainer.evaluate's and trainer.export's flags."""
+  flags.DEFINE_string('model', None, 'The exported SavedModel folder, e.g. runs/NAME/export.')
+  flags.DEFINE_enum('invert', 'auto', INVERT_CHOICES, 'Invert to light-on-dark as MNIST stores '
+                    'digits: auto does so for a gray model when the border is brighter than the '
+                    'centre (dark ink on paper).')
+  flags.DEFINE_bool('json', False, 'Print a JSON list of {file, class, probability, '
+                    'probabilities} instead of one line per file.')
+  flags.mark_flag_as_required('model')
+
+
+def main(argv):
+  predictions = predict_files(flags.FLAGS.model, argv[1:], flags.FLAGS.invert)
+  print(json.dumps(predictions, indent=2) if flags.FLAGS.json else format_predictions(predictions))
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run(main)
