@@ -9,11 +9,14 @@ receives 28x28x1 bytes per MNIST image instead of 64x64x3 floats.
   idx:DIR      MNIST-format IDX files in DIR (trainer/idx.py)
   synthetic    random images made on the fly, for benchmarks and smoke runs
 """
+import contextlib
 import dataclasses
+import socket
 from typing import Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download import downloader
 
 from trainer import idx
 from trainer.errors import UserError
@@ -50,20 +53,37 @@ def load_splits(dataset: str, data_dir: Optional[str], validation_split: float,
 
 
 def _tfds_splits(name, data_dir, validation_split, download):
-  builder = tfds_builder(name, data_dir)
-  image_shape, num_classes, class_names = _image_classification_features(builder)
-  if not builder.is_prepared():
-    if not download:
-      raise UserError(
-          f'dataset {name!r} is not prepared in --data_dir={builder.data_dir_root}; '
-          f'drop --nodownload to download it, or prepare it on a machine with a network: '
-          f'python -m trainer.prepare_data --dataset={name} --data_dir=DIR')
-    download_and_prepare(builder)
+  builder = prepared_builder(name, data_dir, download)
+  image_shape, num_classes, class_names = image_classification_features(builder)
   percent = round(100 * (1 - validation_split))
   read = lambda split: builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
   # tfds slicing is deterministic: the validation set is always the same last part of train.
   return Splits(read(f'train[:{percent}%]'), read(f'train[{percent}%:]'), read('test'),
                 image_shape, num_classes, class_names)
+
+
+def prepared_builder(name, data_dir, download):
+  """The tfds builder of `name`, its data prepared in `data_dir`; downloads only if it is missing.
+
+  A prepared dataset is read from disk with no network access at all.
+  """
+  builder = tfds_builder(name, data_dir)
+  image_classification_features(builder)  # refuse other kinds of data before any download
+  if builder.is_prepared():
+    return builder
+  if not download:
+    raise UserError(
+        f'dataset {name!r} is not prepared in --data_dir={builder.data_dir_root}; '
+        f'drop --nodownload to download it, or {_offline_fixes(name)}')
+  download_and_prepare(builder)
+  return builder
+
+
+def _offline_fixes(name):
+  return (f'prepare it on a machine with a network with python -m trainer.prepare_data '
+          f'--dataset={name} --data_dir=DIR and pass --data_dir=DIR, or build it from local IDX '
+          f'files with python -m trainer.prepare_data --dataset={name} --from_idx=IDX_DIR '
+          f'--data_dir=DIR')
 
 
 def tfds_builder(name, data_dir):
@@ -77,17 +97,35 @@ def tfds_builder(name, data_dir):
 def download_and_prepare(builder):
   """Downloads from the dataset's source; never probes the prepared copies on GCS."""
   try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  except (OSError, ConnectionError) as e:
+    with _fail_fast_downloads():
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except (OSError, tfds.download.DownloadError) as e:
     raise UserError(
         f'could not download {builder.name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
-        f'with no network, prepare it elsewhere with python -m trainer.prepare_data '
-        f'--dataset={builder.name} --data_dir=DIR and pass --data_dir=DIR, '
-        f'or build it from IDX files with --from_idx') from None
+        f'with no network, {_offline_fixes(builder.name)}') from None
 
 
-def _image_classification_features(builder):
+@contextlib.contextmanager
+def _fail_fast_downloads(socket_timeout_s=60):
+  """Makes tfds's downloads fail at their first error, so a machine with no network fails in seconds.
+
+  tfds retries each request 10 times with exponential backoff (measured: 204 s before
+  MNIST's download gave up with no network), its parallel download threads log every
+  retry after our error line, and it sets no socket timeout, so a silently dropped
+  connection would wait forever. A rerun keeps the files that did download.
+  """
+  saved = downloader.MAX_RETRIES, socket.getdefaulttimeout()
+  downloader.MAX_RETRIES = 0
+  socket.setdefaulttimeout(socket_timeout_s)
+  try:
+    yield
+  finally:
+    downloader.MAX_RETRIES = saved[0]
+    socket.setdefaulttimeout(saved[1])
+
+
+def image_classification_features(builder):
   features = builder.info.features
   if 'image' not in features or 'label' not in features:
     raise UserError(f'--dataset={builder.name!r} has no image and label features; '
@@ -97,6 +135,9 @@ def _image_classification_features(builder):
     raise UserError(f'--dataset={builder.name!r} has images of varying size {image_shape}; '
                     'only fixed-size datasets are supported')
   label = features['label']
+  if not isinstance(label, tfds.features.ClassLabel):
+    raise UserError(f'--dataset={builder.name!r} has labels that are not classes; '
+                    'choose an image-classification dataset')
   return image_shape, label.num_classes, tuple(label.names)
 
 

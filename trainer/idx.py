@@ -39,6 +39,7 @@ def load_idx_split(directory, prefix):
                     f'{num_labels} labels; use the matching pair of files')
   if (rows, cols) != IMAGE_SHAPE[:2]:
     raise UserError(f'{images_path} holds {rows}x{cols} images; IDX datasets must be 28x28')
+  _check_labels(labels_path)
   # Decoded DECODE_CHUNK records at a time: one op per chunk rather than per image makes
   # the first pass (the cache and shuffle-buffer fill) about 4x faster on a 2-core CPU.
   images = _records(images_path, header_bytes=16, record_bytes=rows * cols).batch(DECODE_CHUNK)
@@ -47,6 +48,17 @@ def load_idx_split(directory, prefix):
   labels = labels.map(lambda r: tf.cast(tf.io.decode_raw(r, tf.uint8)[:, 0], tf.int64))
   return tf.data.Dataset.zip((images, labels)).unbatch().apply(
       tf.data.experimental.assert_cardinality(num_images))
+
+
+def _check_labels(path):
+  """Refuses labels outside 0-9 (e.g. EMNIST Letters' 1-26), which would otherwise train silently
+  against the wrong classes. Label files are small (60 KB for 60,000 labels)."""
+  with _open(path) as f:
+    f.seek(8)  # past the header
+    largest = max(f.read(), default=0)
+  if largest >= NUM_CLASSES:
+    raise UserError(f'{path} holds label {largest}, but IDX datasets have the {NUM_CLASSES} '
+                    f'classes 0-{NUM_CLASSES - 1}; use MNIST-format files, or a tfds --dataset')
 
 
 def _find(directory, stem):
@@ -61,8 +73,11 @@ def _find(directory, stem):
 def read_header(path, magic, num_dims):
   """Checks the magic number and the file's length; returns the dimension sizes."""
   header_bytes = 4 * (1 + num_dims)
-  with _open(path) as f:
-    header = f.read(header_bytes)
+  try:
+    with _open(path) as f:
+      header = f.read(header_bytes)
+  except (OSError, EOFError):  # gzip's errors for a damaged or very short .gz file
+    raise _damaged_gzip(path) from None
   if len(header) < header_bytes:
     raise UserError(f'{path} is truncated (shorter than its header); download it again')
   found_magic, *dims = struct.unpack(f'>{1 + num_dims}I', header)
@@ -96,7 +111,11 @@ def _uncompressed_size(path):
     with gzip.open(path, 'rb') as f:
       return f.seek(0, os.SEEK_END)
   except (OSError, EOFError):
-    raise UserError(f'{path} is not a complete gzip file; download it again') from None
+    raise _damaged_gzip(path) from None
+
+
+def _damaged_gzip(path):
+  return UserError(f'{path} is not a complete gzip file; download it again')
 
 
 def _records(path, header_bytes, record_bytes):

@@ -45,12 +45,19 @@ def imagenet_file(cache_dir: str, timeout_s: float = 10) -> str:
   if os.path.isfile(path) and md5_of(path) == NOTOP_MD5:
     return path
   if not network_reachable(ORIGIN_HOST, timeout_s):
-    raise UserError(
-        f'ImageNet weights {NOTOP_FILE} are not in {cache_dir} and {ORIGIN_HOST} cannot be reached; '
-        f'on a machine with a network run python -m trainer.fetch_weights --cache_dir=DIR, '
-        f'copy DIR/{NOTOP_FILE} to {cache_dir}/ (or pass --weights=PATH)')
-  return keras.utils.get_file(NOTOP_FILE, ORIGIN, file_hash=NOTOP_MD5, cache_dir=cache_dir,
-                              cache_subdir='')
+    raise UserError(_not_cached_message(cache_dir, f'{ORIGIN_HOST} cannot be reached'))
+  try:
+    return keras.utils.get_file(NOTOP_FILE, ORIGIN, file_hash=NOTOP_MD5, cache_dir=cache_dir,
+                                cache_subdir='')
+  except Exception as e:  # pylint: disable=broad-except  (get_file raises bare Exceptions)
+    raise UserError(_not_cached_message(
+        cache_dir, f'its download failed ({str(e).splitlines()[0][:200]})')) from None
+
+
+def _not_cached_message(cache_dir, reason):
+  return (f'ImageNet weights {NOTOP_FILE} are not in {cache_dir} and {reason}; '
+          f'on a machine with a network run python -m trainer.fetch_weights --cache_dir=DIR, '
+          f'copy DIR/{NOTOP_FILE} to {cache_dir}/ (or pass --weights=PATH)')
 
 
 def network_reachable(host: str, timeout_s: float) -> bool:
@@ -83,7 +90,7 @@ def load_into_backbone(backbone: keras.Model, path: str) -> int:
                     f'DenseNet121 layers (e.g. {sorted(missing)[0]}); give a whole DenseNet121 file')
   try:
     backbone.load_weights(path, by_name=True)
-  except ValueError as e:
+  except (ValueError, OSError) as e:  # a shape that does not fit; a damaged dataset in the file
     raise UserError(f'--weights={path} does not fit DenseNet121 ({str(e).splitlines()[0][:200]}); '
                     'give a DenseNet121 weights file') from None
   return len(needed)

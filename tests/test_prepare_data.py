@@ -1,0 +1,122 @@
+"""python -m trainer.prepare_data: a tfds dataset built from local IDX files reads like a download."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from absl import flags
+
+from conftest import train_with_flags
+from test_data_sources import SHORT_RUN, block_network, error_line, run_offline
+from test_idx import FASHION_MNIST, as_arrays, needs_fashion_mnist, read_idx_file, small_digits, \
+  write_idx_dir
+from trainer import data, prepare_data
+from trainer.errors import UserError
+
+
+@pytest.fixture(scope='module')
+def fashion_data_dir(tmp_path_factory):
+  """The real Fashion-MNIST IDX files prepared as tfds's fashion_mnist (~10 s)."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  prepare_data.prepare('fashion_mnist', data_dir, from_idx=FASHION_MNIST)
+  return data_dir
+
+
+def per_class_sums(images, labels):
+  """Each class's count and pixel sum: equal for two sources holding the same examples in any order."""
+  flat = images.reshape(len(images), -1).sum(axis=1, dtype=np.int64)
+  return np.bincount(labels, minlength=10), np.bincount(labels, weights=flat, minlength=10)
+
+
+@needs_fashion_mnist
+def test_tfds_finds_the_dataset_prepared_with_its_own_name_and_version(fashion_data_dir):
+  builder = tfds.builder('fashion_mnist', data_dir=fashion_data_dir)
+  assert builder.is_prepared()
+  assert builder.data_dir.endswith('fashion_mnist/3.0.1')
+  assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
+      'train': 60_000, 'test': 10_000}
+  assert builder.info.features['label'].names[0] == 'T-shirt/top'
+
+
+@needs_fashion_mnist
+def test_training_reads_every_example_with_no_network(fashion_data_dir, monkeypatch):
+  attempts = block_network(monkeypatch)
+  splits = data.load_splits('fashion_mnist', fashion_data_dir, 0.2, download=False)
+  train_images, train_labels = (np.concatenate(parts) for parts in zip(
+      as_arrays(splits.train), as_arrays(splits.validation)))
+  test_images, test_labels = as_arrays(splits.test)
+  assert (len(train_labels), len(test_labels)) == (60_000, 10_000)
+  np.testing.assert_array_equal(np.bincount(train_labels), [6_000] * 10)
+  for images, labels, prefix in [(train_images, train_labels, 'train'),
+                                 (test_images, test_labels, 't10k')]:
+    expected = (read_idx_file(f'{FASHION_MNIST}/{prefix}-images-idx3-ubyte.gz'),
+                read_idx_file(f'{FASHION_MNIST}/{prefix}-labels-idx1-ubyte.gz'))
+    for got, want in zip(per_class_sums(images, labels), per_class_sums(*expected)):
+      np.testing.assert_array_equal(got, want)
+  assert not attempts, f'tried the network: {attempts}'
+
+
+@needs_fashion_mnist
+def test_training_on_the_prepared_dataset_with_no_network(fashion_data_dir, tmp_path,
+                                                          monkeypatch):
+  attempts = block_network(monkeypatch)
+  # --download stays on: a prepared dataset must never be fetched or looked up again.
+  metrics = train_with_flags(*SHORT_RUN, '--dataset=fashion_mnist',
+                             f'--data_dir={fashion_data_dir}', f'--run_dir={tmp_path / "run"}')
+  assert 0 <= metrics['test_accuracy'] <= 1 and np.isfinite(metrics['test_loss'])
+  assert not attempts, f'tried the network: {attempts}'
+
+
+def test_the_command_builds_mnist_from_idx_files_offline(tmp_path):
+  images, labels = small_digits(12)
+  idx_dir = write_idx_dir(tmp_path / 'idx', images, labels, *small_digits(6, seed=1),
+                          compress=True)
+  data_dir = tmp_path / 'tfds'
+  result, _ = run_offline('trainer.prepare_data', '--dataset=mnist', f'--from_idx={idx_dir}',
+                          f'--data_dir={data_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Prepared mnist in {data_dir}/mnist/3.0.1' in result.stdout
+  assert f'python -m trainer.main --dataset=mnist --data_dir={data_dir} --nodownload' in \
+      result.stdout
+  assert tfds.builder('mnist', data_dir=str(data_dir)).is_prepared()
+  splits = data.load_splits('mnist', str(data_dir), validation_split=0.25, download=False)
+  train_images, train_labels = (np.concatenate(parts) for parts in zip(
+      as_arrays(splits.train), as_arrays(splits.validation)))
+  assert len(train_labels) == 12 and data.num_examples(splits.test) == 6
+  for got, want in zip(per_class_sums(train_images, train_labels),
+                       per_class_sums(images, labels)):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_prepared_dataset_is_kept_as_it_is(tmp_path):
+  idx_dir = write_idx_dir(tmp_path / 'idx', *small_digits())
+  folder = prepare_data.prepare('mnist', str(tmp_path / 'tfds'), from_idx=idx_dir)
+  info = os.path.join(folder, 'dataset_info.json')
+  written = os.path.getmtime(info)
+  assert prepare_data.prepare('mnist', str(tmp_path / 'tfds'), from_idx=idx_dir) == folder
+  assert os.path.getmtime(info) == written
+
+
+@pytest.mark.parametrize('dataset, expected', [
+    ('cifar10', r"--from_idx builds datasets of 10 classes of 28x28 gray images .* but 'cifar10' "
+                r'has 10 classes of \(32, 32, 3\) images; drop --from_idx'),
+    ('emnist', r"'emnist' has 62 classes"),
+    ('no_such_dataset', r"--dataset='no_such_dataset' is not a tensorflow-datasets name"),
+])
+def test_from_idx_refuses_datasets_that_are_not_mnist_shaped(tmp_path, dataset, expected):
+  idx_dir = write_idx_dir(tmp_path / 'idx', *small_digits())
+  with pytest.raises(UserError, match=expected):
+    prepare_data.prepare(dataset, str(tmp_path / 'tfds'), from_idx=idx_dir)
+
+
+def test_a_download_with_no_network_ends_in_one_line(tmp_path):
+  result, seconds = run_offline('trainer.prepare_data', '--dataset=mnist',
+                                f'--data_dir={tmp_path}')
+  line = error_line(result)
+  assert "could not download 'mnist'" in line and '--from_idx=IDX_DIR' in line
+  assert seconds < 60, seconds
+
+
+def test_help_shows_the_flags_it_reads():
+  key_flags = {flag.name for flag in flags.FLAGS.get_key_flags_for_module(prepare_data)}
+  assert {'dataset', 'data_dir', 'from_idx'} <= key_flags
