@@ -1,0 +1,252 @@
+"""The measurements, each run in a child process: python -m benchmarks.cases NAME 'JSON PARAMS'.
+
+The project's side always goes through the project's own code: trainer.data.load_splits
+and batched, trainer.model.build_model, trainer.train.compile_for_stage, trainer.main.
+Every child imports the same libraries (this module's imports) before any timer starts,
+so the data-stage rows compare the work, not the imports.
+"""
+import dataclasses
+import functools
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets  # noqa: F401  (imported by trainer.data; listed so both sides share it)
+from tf_keras.src.engine import data_adapter
+
+from benchmarks import baseline
+from benchmarks.measure import emit, images_per_second, peak_rss_bytes
+from trainer import data, distribution, train
+from trainer.keras_lib import keras
+from trainer.model import ModelConfig, backbone_of, build_model, preprocessing_model
+
+VALIDATION_SPLIT = 0.2
+
+
+class StepTimer(keras.callbacks.Callback):
+  """Marks the end of every training execution: (step index, perf_counter) and wall time.
+
+  Keras hands a callback that lacks `_supports_tf_logs` its logs as numbers, so each
+  execution ends in a host sync, as with a progress bar: the marks are when the work
+  was done, not when it was queued.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.calls = []  # one list of marks per fit call
+    self.first_step_wall = None
+
+  def on_train_begin(self, logs=None):
+    self.calls.append([])
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.calls[-1].append((batch, time.perf_counter()))
+    if self.first_step_wall is None:
+      self.first_step_wall = time.time()
+
+
+def libraries():
+  return {'tensorflow': tf.__version__, 'tf_keras': keras.__version__,
+          'resize': baseline.resize_backend()}
+
+
+# ---- Data stage: from the first data call to the first training batch ready.
+
+def data_stage_project(p):
+  start = time.perf_counter()
+  splits = _splits(p['dataset'], p['fraction'])
+  train_ds = data.batched(splits.train, p['batch_size'], training=True)
+  steps = data.steps_per_epoch(splits.train, p['batch_size'])
+  # What fit does with a dataset, up to the batch its first step trains on.
+  handler = data_adapter.get_data_handler(x=train_ds, steps_per_epoch=steps, epochs=1, model=None)
+  for _, iterator in handler.enumerate_epochs():
+    images, _ = next(iterator)
+    break
+  seconds = time.perf_counter() - start
+  return {'seconds': seconds, 'peak_rss': peak_rss_bytes(), 'batch_bytes': _nbytes(images),
+          **libraries()}
+
+
+def data_stage_baseline(p):
+  start = time.perf_counter()
+  (x_train, y_train), (x_test, y_test) = baseline.load_arrays(p['dataset'], p['fraction'])
+  x_train = baseline.prepare(x_train, p['image_size'])
+  x_test = baseline.prepare(x_test, p['image_size'])
+  prepared = time.perf_counter() - start
+  images, _ = baseline.first_training_batch(x_train, y_train, p['batch_size'], VALIDATION_SPLIT)
+  seconds = time.perf_counter() - start
+  return {'seconds': seconds, 'prepare_seconds': prepared, 'peak_rss': peak_rss_bytes(),
+          'host_bytes': x_train.nbytes + x_test.nbytes, 'batch_bytes': _nbytes(images),
+          'num_images': len(x_train) + len(x_test), **libraries()}
+
+
+# ---- The input pipeline alone: batches per second, no model.
+
+def input_pipeline(p):
+  splits = _splits(p['dataset'], p['fraction'])
+  iterator = iter(data.batched(splits.train, p['batch_size'], training=True))
+  next(iterator)  # fills the cache and the shuffle buffer: the data stage, measured above
+  start = time.perf_counter()
+  for _ in range(p['num_batches']):
+    next(iterator)
+  return {'batches_per_second': p['num_batches'] / (time.perf_counter() - start)}
+
+
+# ---- Training: trainer.main, then the same model on tensors already in memory.
+
+def train_main(p):
+  """trainer.main for a few dozen steps, then its model fed in-memory tensors.
+
+  Gives four figures from one model: trainer.main's throughput and its time from process
+  start to the first finished step; the model's throughput on one in-memory batch of raw
+  uint8 images (the harness's upper bound), and on the same batch already resized,
+  normalised and made RGB (the backbone fed directly). The last two alternate in short
+  fit calls, so load from elsewhere on the machine hits both alike.
+  With `start_up_only`, only trainer.main's run, for its time to the first finished step.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from trainer import main  # pylint: disable=import-outside-toplevel  (defines the flags)
+
+  batch_size, warmup, timed = p['batch_size'], p['warmup_steps'], p['timed_steps']
+  timer = StepTimer()
+  project_callbacks = train.callbacks
+  train.callbacks = lambda *args, **kwargs: project_callbacks(*args, **kwargs) + [timer]
+  run_dir = tempfile.mkdtemp(prefix='benchmark_run_')
+  flags.FLAGS(['trainer.main', f'--dataset={p["dataset"]}', f'--image_size={p["image_size"]}',
+               f'--batch_size={batch_size}', '--epochs=1', f'--steps_per_epoch={warmup + timed}',
+               '--eval_steps=1', '--weights=none', '--noexport', '--num_gpus=0',
+               '--precision=float32', f'--run_dir={run_dir}'])
+  # The full run takes trainer.main's own path; the quick run hands it a part of the data.
+  main.run(splits_override=_splits(p['dataset'], p['fraction']) if p['fraction'] < 1 else None)
+  if p.get('start_up_only'):
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {'first_step_wall': timer.first_step_wall}
+  model = timer.model
+  # BackupAndRestore deletes this attribute at the end of trainer.main's fit, and tf_keras's
+  # fit reads it: without it the model could not be fit again outside trainer.main.
+  model._training_state = None  # pylint: disable=protected-access
+  main_rate = images_per_second(timer.calls[:1], batch_size, warmup)
+
+  # One batch of the same data, as raw uint8 and as the backbone receives it.
+  images, labels = next(iter(_splits(p['dataset'], 1.0).train.batch(batch_size)))
+  resized = preprocessing_model(model)(images, training=False)
+  preprocess_seconds = _seconds_per_call(preprocessing_model(model), images)
+  direct = backbone_fed_directly(model, resized.shape[1:])
+  config = train.TrainConfig(run_dir=run_dir, batch_size=batch_size)
+  stage = train.Stage('finetune', 0, 1, True, config.learning_rate)
+  train.compile_for_stage(direct, stage, config, p['chunk_steps'], int(model.output.shape[-1]))
+  sides = {'in_model': (model, images), 'pre_resized': (direct, resized)}
+  timers = {name: StepTimer() for name in sides}
+  for round_ in range(p['rounds']):
+    for name in (sides if round_ % 2 == 0 else reversed(sides)):  # ABBA: neither always first
+      side_model, x = sides[name]
+      side_model.fit(tf.data.Dataset.from_tensors((x, labels)).repeat(),
+                     steps_per_epoch=p['chunk_steps'], epochs=1, verbose=0,
+                     callbacks=[timers[name]])
+  # Only now: the optimizer's slots still restore, lazily, from the run's best checkpoint.
+  shutil.rmtree(run_dir, ignore_errors=True)
+  logged = [('trainer.main', timer.calls[:1])] + [(n, t.calls) for n, t in timers.items()]
+  for name, calls in logged:
+    ends = [[(step, round(t - marks[0][1], 3)) for step, t in marks] for marks in calls]
+    print(f'{name}: step ends (step, s) in each fit call: {ends}')  # for the log
+  return {'main_images_per_second': main_rate,
+          'first_step_wall': timer.first_step_wall,
+          'in_memory_images_per_second': images_per_second(timers['in_model'].calls,
+                                                           batch_size, 1),
+          'pre_resized_images_per_second': images_per_second(timers['pre_resized'].calls,
+                                                             batch_size, 1),
+          'preprocess_ms_per_batch': preprocess_seconds * 1000,
+          'raw_bytes_per_image': _nbytes(images[0]),
+          'float_bytes_per_image': _nbytes(resized[0]),
+          **libraries()}
+
+
+def backbone_fed_directly(model, input_shape):
+  """`model` from the backbone on: the same layers and weights, fed preprocessed images."""
+  inputs = keras.Input(shape=input_shape, name='preprocessed')
+  layers = model.layers
+  x = inputs
+  for layer in layers[layers.index(backbone_of(model)):]:
+    x = layer(x)
+  return keras.Model(inputs, x, name='backbone_fed_directly')
+
+
+# ---- GPU suite: one configuration per child.
+
+def gpu_train(p):
+  """Images per second per device for one precision, device count, XLA and steps per call."""
+  num_gpus = p['num_gpus']
+  strategy = distribution.make_strategy(num_gpus)
+  distribution.set_precision(p['precision'])
+  spe = p['steps_per_execution']
+  warmup = math.ceil(p['warmup_steps'] / spe) * spe
+  timed = math.ceil(p['timed_steps'] / spe) * spe
+  global_batch = p['batch_size_per_device'] * max(num_gpus, 1)
+  splits = _splits(p['dataset'], p['fraction'])
+  train_ds = data.batched(splits.train, global_batch, training=True)
+  config = train.TrainConfig(run_dir='unused', batch_size=global_batch)
+  with strategy.scope():
+    model = build_model(ModelConfig(image_size=p['image_size'], interpolation=p['interpolation']),
+                        splits.image_shape, splits.num_classes)
+    # The project's compile, with the two settings under test added to its model.compile call.
+    model.compile = functools.partial(model.compile, jit_compile=p['xla'],
+                                      steps_per_execution=spe)
+    train.compile_for_stage(model, train.Stage('finetune', 0, 1, True, config.learning_rate),
+                            config, warmup + timed, splits.num_classes)
+  timer = StepTimer()
+  model.fit(train_ds, steps_per_epoch=warmup + timed, epochs=1, verbose=0, callbacks=[timer])
+  rate = images_per_second(timer.calls, global_batch, warmup)
+  gpus = tf.config.list_logical_devices('GPU')
+  return {'images_per_second_per_device': rate / max(num_gpus, 1),
+          'devices': [_device_name(d) for d in tf.config.list_physical_devices('GPU')[:num_gpus]]
+                     or ['CPU'],
+          'num_logical_gpus': len(gpus), **libraries()}
+
+
+def devices(_):
+  """The GPUs TensorFlow sees, for the GPU suite's defaults and the table's header."""
+  return {'gpus': [_device_name(d) for d in tf.config.list_physical_devices('GPU')],
+          **libraries()}
+
+
+def _device_name(device):
+  return tf.config.experimental.get_device_details(device).get('device_name', device.name)
+
+
+# ---- Helpers
+
+def _splits(dataset, fraction):
+  """The project's splits; a fraction < 1 keeps the first part of train (quick runs)."""
+  splits = data.load_splits(dataset, None, VALIDATION_SPLIT, download=False)
+  if fraction >= 1:
+    return splits
+  return dataclasses.replace(
+      splits, train=splits.train.take(round(data.num_examples(splits.train) * fraction)))
+
+
+def _seconds_per_call(model, x, calls=20):
+  """The median time of `model` on `x` in a tf.function, as in a training step."""
+  step = tf.function(lambda x: model(x, training=True))
+  step(x)
+  times = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    step(x)
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def _nbytes(tensor):
+  return int(np.prod(tensor.shape)) * tensor.dtype.size
+
+
+CASES = {f.__name__: f for f in (data_stage_project, data_stage_baseline, input_pipeline,
+                                 train_main, gpu_train, devices)}
+
+if __name__ == '__main__':
+  emit(CASES[sys.argv[1]](json.loads(sys.argv[2])))

@@ -1,0 +1,92 @@
+"""Measuring: child processes, peak memory, step timings, the machine. No TensorFlow here.
+
+Every measurement runs in a child process of its own, so each side's peak resident
+memory is its own, TensorFlow starts fresh (devices, mixed-precision policy, XLA), and
+a start-up time is measured from a real process start. A child prints one line,
+`BENCHMARK_RESULT {json}`, as its last word; everything else it prints goes to a log file.
+"""
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_MARKER = 'BENCHMARK_RESULT '
+
+
+class ChildFailed(RuntimeError):
+  pass
+
+
+def run_child(module, args, log_path, timeout_s=3600):
+  """Runs `python -m module *args` from the repository root; returns its result dict.
+
+  The result gains `spawned_at`: the wall-clock time just before the process was started,
+  so a child's own `time.time()` marks give times since process start.
+  """
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+             PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')])))
+  with open(log_path, 'w') as log:
+    spawned_at = time.time()
+    proc = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO_ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout_s,
+                          check=False)
+    log.write(proc.stdout)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_MARKER)]
+  if proc.returncode != 0 or not lines:
+    with open(log_path) as f:
+      tail = ''.join(f.readlines()[-25:])
+    raise ChildFailed(f'{module} {" ".join(args)} failed (exit {proc.returncode}); '
+                      f'log {log_path}:\n{tail}')
+  result = json.loads(lines[-1][len(RESULT_MARKER):])
+  result['spawned_at'] = spawned_at
+  return result
+
+
+def emit(result):
+  """The child's side: prints the result line that `run_child` reads."""
+  print(RESULT_MARKER + json.dumps(result), flush=True)
+
+
+def peak_rss_bytes():
+  """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def images_per_second(chunks, batch_size, skip_steps):
+  """Throughput over `fit` calls, each a list of (step index, perf_counter at the step's end).
+
+  In each call, executions before step `skip_steps` (tracing, warm-up) are left out. The
+  rate is the median over all executions kept, robust to another process taking the
+  cores for a moment; an execution may hold several steps (`steps_per_execution`).
+  """
+  rates = []
+  for marks in chunks:
+    kept = [(s, t) for s, t in marks if s >= skip_steps - 1]
+    rates += [(s1 - s0) * batch_size / (t1 - t0)
+              for (s0, t0), (s1, t1) in zip(kept, kept[1:]) if t1 > t0]
+  if not rates:
+    raise ValueError(f'no timed steps after the first {skip_steps}; raise the step counts')
+  return statistics.median(rates)
+
+
+def gib(num_bytes):
+  return num_bytes / 2**30
+
+
+def machine_description():
+  """CPU model and cores, Python; the TensorFlow version comes from a child."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  return {'cpu': cpu, 'cores': os.cpu_count(), 'python': platform.python_version(),
+          'date': datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}
