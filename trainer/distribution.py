@@ -4,8 +4,10 @@
   --num_gpus N    -> MirroredStrategy over the first N GPUs
   --num_gpus 0    -> the default strategy, on the CPU
 """
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -84,6 +86,46 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return True
   has_chief = 'chief' in resolver.cluster_spec().as_dict()
   return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
+
+
+def barrier(strategy: tf.distribute.Strategy):
+  """Returns once every worker has called it: an all-reduce cannot finish before all take part.
+
+  Workers read files that only the chief writes (the best checkpoint); without this a
+  fast worker could read one the chief is still writing. With one worker it returns at once.
+  """
+  # A tf.function: run eagerly, MirroredStrategy warns of its overhead.
+  ones = strategy.run(tf.function(lambda: tf.constant(1.0)))
+  strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
+
+
+def check_shared_run_dir(run_dir_flags_given: bool):
+  """A multi-worker run needs one run folder that every worker names the same way.
+
+  The default folder is named after the start time, which differs between workers.
+  """
+  if 'TF_CONFIG' in os.environ and not run_dir_flags_given:
+    raise UserError('a multi-worker run (TF_CONFIG is set) needs the same run folder on every '
+                    'worker; pass --run_dir (a shared folder, e.g. gs://BUCKET/runs/NAME, when '
+                    'the workers are on several machines) or --run_name')
+
+
+@contextlib.contextmanager
+def lost_workers_as_user_errors():
+  """Under TF_CONFIG, a worker that died or hung ends the others with one line, not a traceback.
+
+  TensorFlow notices a dead worker by its missing heartbeats (UnavailableError, within
+  about a minute) and a hung one by --collective_timeout (DeadlineExceededError).
+  """
+  try:
+    yield
+  except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+    if 'TF_CONFIG' not in os.environ:
+      raise
+    tasks = sorted(set(re.findall(r'/job:\w+/replica:\d+/task:\d+', e.message)))
+    raise UserError(f'lost contact with {", ".join(tasks) or "another worker"} '
+                    f'({type(e).__name__}); check that worker\'s log, then restart every worker '
+                    'with the same command: the run resumes from its last finished epoch') from None
 
 
 class OutputDir:

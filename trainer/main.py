@@ -122,6 +122,7 @@ def resolved_flags_text() -> str:
 
 def run(splits_override=None, strategy_override=None) -> dict:
   """Trains as the flags say; tests inject small datasets and strategies."""
+  distribution.check_shared_run_dir(bool(FLAGS.run_dir or FLAGS.run_name))
   config = config_from_flags()
   # The strategy comes first: it fixes which devices TensorFlow initialises.
   strategy = strategy_override or distribution.make_strategy(FLAGS.num_gpus,
@@ -134,7 +135,8 @@ def run(splits_override=None, strategy_override=None) -> dict:
   runs.claim(config, resolved_flags_text(), chief=distribution.is_chief(strategy))
   splits = splits_override or data.load_splits(config.dataset, config.data_dir,
                                                config.validation_split, config.download)
-  return train.train_and_evaluate(config, splits, strategy)
+  with distribution.lost_workers_as_user_errors():
+    return train.train_and_evaluate(config, splits, strategy)
 
 
 def main(argv):

@@ -117,11 +117,12 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits,
 
     # ---- Train, stage by stage.
     stages = plan_stages(config)
-    for stage, next_stage in zip(stages, stages[1:] + [None]):
+    for stage in stages:
       # BackupAndRestore forgets a stage once it ends, so a finished stage leaves its
-      # weights behind for a resumed run to start the next one from.
+      # weights behind for a resumed run to start the next one from (or, after the
+      # last stage, to go straight to the test instead of training again).
       finished = os.path.join(config.run_dir, 'checkpoints', f'after_{stage.name}')
-      if next_stage and _exists(finished):
+      if _exists(finished):
         print(f'Stage {stage.name} finished in an earlier run; loading its weights')
         model.load_weights(finished)
         continue
@@ -133,8 +134,10 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits,
                 steps_per_epoch=steps, validation_data=validation_ds,
                 validation_steps=eval_steps, verbose=2,
                 callbacks=callbacks(config, out, log_dir, stage, steps))
-      if next_stage:
-        model.save_weights(finished if chief else os.path.join(out, 'after_stage'))
+      model.save_weights(finished if chief else os.path.join(out, 'after_stage'))
+      # The workers go on to read what the chief just wrote (the best checkpoint, the
+      # history, this stage's weights); wait until it has written all of it.
+      distribution.barrier(strategy)
 
     # ---- Evaluate the best checkpoint on the test split.
     model.load_weights(os.path.join(config.run_dir, BEST_CHECKPOINT))
@@ -194,18 +197,21 @@ class SmoothedCrossentropy(keras.losses.Loss):
 
 
 def callbacks(config: TrainConfig, out: str, log_dir: str, stage: Stage, steps_per_epoch: int):
+  # At an epoch's end they run in this order; the order matters when a run is killed.
   return [
-      # Preemption: a restarted run resumes this stage at its last finished epoch.
-      keras.callbacks.BackupAndRestore(os.path.join(config.run_dir, 'backup', stage.name)),
-      EpochScalars(stage, config.batch_size * steps_per_epoch),  # before TensorBoard: it adds to logs
-      keras.callbacks.TensorBoard(log_dir, update_freq='epoch',
-                                  profile_batch=config.profile_steps or 0),
-      keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
+      EpochScalars(stage, config.batch_size * steps_per_epoch),  # first: it adds to the logs
       keras.callbacks.ModelCheckpoint(
           os.path.join(out, BEST_CHECKPOINT), monitor='val_accuracy', mode='max',
           save_best_only=True, save_weights_only=True,
           # A resumed run must beat what it already saved, never overwrite a better checkpoint.
+          # So the checkpoint comes before the history that this threshold is read from.
           initial_value_threshold=best_validation_accuracy(config.run_dir)),
+      keras.callbacks.CSVLogger(os.path.join(out, HISTORY_FILE), append=True),
+      keras.callbacks.TensorBoard(log_dir, update_freq='epoch',
+                                  profile_batch=config.profile_steps or 0),
+      # Preemption: a restarted run resumes this stage after its last backed-up epoch. Last,
+      # so that an epoch counts as done only once its checkpoint and history are written.
+      keras.callbacks.BackupAndRestore(os.path.join(config.run_dir, 'backup', stage.name)),
   ]
 
 
@@ -234,8 +240,9 @@ class EpochScalars(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     optimizer = self.model.optimizer
     schedule = optimizer.learning_rate
-    logs['learning_rate'] = float(schedule(optimizer.iterations) if callable(schedule)
-                                  else schedule)
+    # get_value, not float(): under a distribution strategy the rate is a MirroredVariable.
+    logs['learning_rate'] = float(keras.backend.get_value(
+        schedule(optimizer.iterations) if callable(schedule) else schedule))
     logs['backbone_trainable'] = float(self.stage.backbone_trainable)
     logs['examples_per_second'] = self.examples_per_epoch / (time.perf_counter() - self.epoch_start)
 

@@ -1,0 +1,170 @@
+"""Scale-out in one process: MirroredStrategy over conftest's two logical CPUs, mixed
+precision, and the bad hardware inputs a user can give.
+
+Multi-process runs (launch/local.sh) are in test_launch.py, preemption in test_resume.py.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from conftest import train_with_flags
+from trainer import data, distribution, main, train
+from trainer.errors import UserError
+from trainer.keras_lib import keras
+from trainer.model import ModelConfig, backbone_of, build_model
+
+GLOBAL_BATCH = 8
+NUM_CLASSES = 10
+MODEL = ModelConfig(image_size=32)
+
+
+def two_cpus():
+  return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+
+
+def one_global_batch():
+  """One batch of GLOBAL_BATCH uint8 28x28x1 images; MirroredStrategy splits it 4 + 4."""
+  return data.synthetic_dataset(GLOBAL_BATCH, seed=0).batch(GLOBAL_BATCH)
+
+
+def compile_transfer_stage(model):
+  """The project's own compile, for a frozen backbone.
+
+  Frozen, because BatchNormalization in training mode normalises each replica's
+  half batch by its own statistics, so a fine-tuned step legitimately differs from
+  one device's; frozen, it uses the ImageNet statistics on every replica.
+  """
+  config = train.TrainConfig(run_dir='unused', batch_size=GLOBAL_BATCH, warmup_epochs=0)
+  stage = train.Stage('transfer', 0, 1, backbone_trainable=False, learning_rate=0.1)
+  train.compile_for_stage(model, stage, config, steps_per_epoch=1, num_classes=NUM_CLASSES)
+
+
+def one_step(strategy, initial_weights):
+  """Trains one step under `strategy` from `initial_weights`; returns the loss and the model."""
+  with strategy.scope():
+    model = build_model(MODEL, data.SYNTHETIC_SHAPE, NUM_CLASSES)
+    model.set_weights(initial_weights)
+    compile_transfer_stage(model)
+  history = model.fit(one_global_batch(), epochs=1, verbose=0)
+  return history.history['loss'][0], model
+
+
+def test_two_replicas_train_one_step_like_one_device():
+  keras.utils.set_random_seed(0)
+  start = build_model(MODEL, data.SYNTHETIC_SHAPE, NUM_CLASSES)
+  initial = start.get_weights()
+
+  one_loss, one = one_step(tf.distribute.get_strategy(), initial)
+  two_loss, two = one_step(two_cpus(), initial)
+
+  assert two.distribute_strategy.num_replicas_in_sync == 2
+  np.testing.assert_allclose(two_loss, one_loss, rtol=1e-5)
+  for expected, actual in zip(one.get_weights(), two.get_weights()):
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-6)
+  # Adam's first step moves every weight by about the learning rate whatever the
+  # gradient's size, so equal weights alone would miss a gradient off by the replica
+  # count. Adam's moments hold the gradient and its square: they must match too.
+  for expected, actual in zip(one.optimizer.variables, two.optimizer.variables):
+    np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-9)
+  # And the step did something: the classifier moved.
+  assert not np.allclose(one.get_layer('logits').get_weights()[0],
+                         start.get_layer('logits').get_weights()[0])
+
+
+def test_mixed_bfloat16_trains_on_the_cpu_with_a_float32_output():
+  distribution.set_precision(distribution.resolve_precision('mixed_bfloat16', num_gpus=0))
+  model = build_model(MODEL, data.SYNTHETIC_SHAPE, NUM_CLASSES)
+  compile_transfer_stage(model)
+  history = model.fit(one_global_batch(), epochs=1, verbose=0)
+
+  assert np.isfinite(history.history['loss'][0])
+  assert backbone_of(model).compute_dtype == 'bfloat16'
+  assert model.output.dtype == tf.float32  # the softmax stays float32
+  assert model.predict(one_global_batch(), verbose=0).dtype == np.float32
+  # bfloat16 has float32's range: no loss scaling.
+  assert not isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
+
+
+def test_mixed_float16_scales_the_loss():
+  distribution.set_precision('mixed_float16')
+  model = build_model(MODEL, data.SYNTHETIC_SHAPE, NUM_CLASSES)
+  compile_transfer_stage(model)
+  assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
+  assert backbone_of(model).compute_dtype == 'float16'
+  assert model.output.dtype == tf.float32
+
+
+def test_auto_precision_is_float32_on_the_cpu():
+  assert distribution.resolve_precision('auto', num_gpus=0) == 'float32'
+  assert distribution.resolve_precision('mixed_bfloat16', num_gpus=0) == 'mixed_bfloat16'
+
+
+# ---- Bad inputs: each ends in one UserError line (trainer/cli.py prints it, exit 1).
+
+def test_more_gpus_than_visible_lists_what_is_visible(tmp_path):
+  with pytest.raises(UserError, match=r'--num_gpus=2 but 0 GPUs are visible \(none\); '
+                                      r'use --num_gpus=0 or fewer'):
+    train_with_flags('--num_gpus=2', f'--run_dir={tmp_path}')
+
+
+@pytest.mark.parametrize('tf_config, problem', [
+    ('{"cluster": ', 'TF_CONFIG is malformed'),
+    ('{"cluster": {"worker": ["localhost:1"]}}', 'TF_CONFIG is malformed'),
+    ('{"cluster": {"worker": "localhost:1"}, "task": {"type": "worker", "index": 0}}',
+     'is not in its cluster'),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}',
+     'TF_CONFIG task worker:1 is not in its cluster'),
+])
+def test_a_malformed_tf_config_is_refused_before_any_worker_starts(tf_config, problem,
+                                                                   monkeypatch, tmp_path):
+  monkeypatch.setenv('TF_CONFIG', tf_config)
+  with pytest.raises(UserError, match=problem):
+    train_with_flags(f'--run_dir={tmp_path}')
+
+
+def test_a_multi_worker_run_needs_a_named_run_folder(monkeypatch):
+  # The default folder is named after the start time, which differs between workers.
+  monkeypatch.setenv('TF_CONFIG', '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
+                                  '"task": {"type": "worker", "index": 0}}')
+  with pytest.raises(UserError, match='needs the same run folder on every worker'):
+    train_with_flags()
+
+
+def test_a_global_batch_that_does_not_split_over_the_replicas(tmp_path):
+  flags.FLAGS(['trainer.main', '--batch_size=7', f'--run_dir={tmp_path}'])
+  with pytest.raises(UserError, match='--batch_size=7 does not split evenly over 2 replicas; '
+                                      'use a multiple of 2'):
+    main.run(strategy_override=two_cpus())
+
+
+@pytest.mark.parametrize('argv, env, expected', [
+    (['--precision=float8'], {},
+     'flag --precision=float8: value should be one of <auto|float32|mixed_float16|mixed_bfloat16>'),
+    ([], {'TF_CONFIG': 'not json'}, 'TF_CONFIG is malformed'),
+])
+def test_bad_hardware_input_ends_in_one_line(argv, env, expected, tmp_path):
+  """The same errors as a user meets them: one line on stderr, a non-zero exit."""
+  result = subprocess.run([sys.executable, '-m', 'trainer.main', *argv,
+                           f'--run_dir={tmp_path}'], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, **env})
+  assert result.returncode == 1
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('error: ') and expected in last_line, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+
+
+def test_a_lost_worker_ends_in_one_line(monkeypatch):
+  """What the surviving workers print when another one dies (seen with launch/local.sh)."""
+  monkeypatch.setenv('TF_CONFIG', '{}')
+  lost = tf.errors.UnavailableError(
+      None, None, 'Collective ops is aborted by: The following tasks are unhealthy (stopped '
+      'sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.')
+  with pytest.raises(UserError, match=r'lost contact with /job:worker/replica:0/task:1 '
+                                      r'\(UnavailableError\); .* restart every worker'):
+    with distribution.lost_workers_as_user_errors():
+      raise lost

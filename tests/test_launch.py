@@ -1,0 +1,207 @@
+"""The launch scripts: a real two-worker run with launch/local.sh, and what ssh.sh and
+gce.sh would run (their --dry-run), since this machine has no SSH hosts or cloud."""
+import glob
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+SCRIPTS = ['launch/local.sh', 'launch/ssh.sh', 'launch/gce.sh']
+# The smallest real run: mock tfds data does not cross processes, synthetic data does.
+TINY_RUN = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
+            '--epochs=1', '--steps_per_epoch=2', '--eval_steps=1']
+
+
+def launch(script, *args, env=None, timeout=60):
+  return subprocess.run([os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                        cwd=ROOT, timeout=timeout, check=False,
+                        env={**os.environ, 'PYTHON': sys.executable, **(env or {})})
+
+
+def tf_configs(dry_run_output):
+  """The TF_CONFIG of every command line in a dry run, parsed the way a shell would."""
+  configs = []
+  for line in dry_run_output.splitlines():
+    if line.startswith('TF_CONFIG='):
+      assignment = shlex.split(line)[0]
+      configs.append(json.loads(assignment[len('TF_CONFIG='):]))
+  return configs
+
+
+def assert_one_cluster_two_tasks(configs, cluster=None):
+  assert len(configs) == 2
+  assert configs[0]['cluster'] == configs[1]['cluster']
+  assert [c['task'] for c in configs] == [{'type': 'worker', 'index': 0},
+                                          {'type': 'worker', 'index': 1}]
+  if cluster:
+    assert configs[0]['cluster'] == {'worker': cluster}
+
+
+# ---- launch/local.sh
+
+def test_two_local_workers_train_one_model_and_only_the_chief_writes(tmp_path):
+  run_dir, worker_tmp = tmp_path / 'run', tmp_path / 'tmp'
+  worker_tmp.mkdir()
+  result = launch('launch/local.sh', '2', '--', *TINY_RUN, f'--run_dir={run_dir}',
+                  env={'TMPDIR': str(worker_tmp)}, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  out = result.stdout
+  assert 'All 2 workers finished' in out
+  # Both processes trained one model under MultiWorkerMirroredStrategy: two replicas in
+  # sync, and the same test loss, since they evaluated it together.
+  for worker in (0, 1):
+    assert (f'[worker {worker}] 2 replica(s), global batch 8, 4 per replica, '
+            'precision float32') in out
+  test_losses = {line.split('] ', 1)[1] for line in out.splitlines() if 'Test loss' in line}
+  assert len(test_losses) == 1, test_losses
+
+  # One set of outputs, the chief's.
+  assert (run_dir / 'metrics.json').exists()
+  assert (run_dir / 'export' / 'saved_model.pb').exists()
+  assert (run_dir / 'checkpoints' / 'best.index').exists()
+  with open(run_dir / 'history.csv') as f:
+    assert len(f.read().splitlines()) == 1 + 1  # a header and one epoch, not one per worker
+  assert not glob.glob(str(run_dir / '**' / 'workertemp*'), recursive=True)
+  # The other worker's throwaway run folder is gone.
+  assert not glob.glob(str(worker_tmp / 'worker_*'))
+
+
+def fake_python(tmp_path, worker_1_fails):
+  """A stand-in for `python -m trainer.main`: writes its pid to workerI.pid and sleeps for a
+  minute, unless it is worker 1 and `worker_1_fails`."""
+  path = tmp_path / 'python'
+  path.write_text(f"""#!/bin/bash
+if [[ $1 == - ]]; then exec {sys.executable} "$@"; fi  # local.sh's free-port helper
+case $TF_CONFIG in *'"index": 1'*) index=1 ;; *) index=0 ;; esac
+echo $$ > {tmp_path}/worker$index.pid
+if [[ $index == 1 && {str(worker_1_fails).lower()} == true ]]; then echo 'worker 1 breaks'; exit 3; fi
+exec sleep 60
+""")
+  path.chmod(0o755)
+  return str(path)
+
+
+def test_when_one_worker_fails_local_sh_stops_the_others_and_fails(tmp_path):
+  start = time.monotonic()
+  result = launch('launch/local.sh', '2', '--', '--epochs=1',
+                  env={'PYTHON': fake_python(tmp_path, worker_1_fails=True)})
+  assert result.returncode == 3
+  assert time.monotonic() - start < 30  # not the minute worker 0 would sleep
+  assert 'error: worker 1 exited with status 3; stopping the other workers' in result.stderr
+  assert '[worker 1] worker 1 breaks' in result.stdout
+  assert not _running(int((tmp_path / 'worker0.pid').read_text()))
+
+
+def test_a_killed_local_sh_takes_its_workers_with_it(tmp_path):
+  """Else a re-run would train beside the old workers, in the same run folder."""
+  launcher = subprocess.Popen([os.path.join(ROOT, 'launch/local.sh'), '2', '--', '--epochs=1'],
+                              cwd=ROOT, env={**os.environ,
+                                             'PYTHON': fake_python(tmp_path, False)})
+  pid_files = [tmp_path / 'worker0.pid', tmp_path / 'worker1.pid']
+  deadline = time.monotonic() + 30
+  while not all(f.exists() and f.read_text().strip() for f in pid_files):
+    assert time.monotonic() < deadline, 'the workers did not start'
+    time.sleep(0.1)
+  launcher.terminate()
+  assert launcher.wait(timeout=30) == 143
+  for f in pid_files:
+    assert not _running(int(f.read_text()))
+
+
+def _running(pid, wait_s=5):
+  """Whether `pid` is still alive after up to `wait_s` seconds (it may still be exiting)."""
+  deadline = time.monotonic() + wait_s
+  while time.monotonic() < deadline:
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return False
+    time.sleep(0.1)
+  return True
+
+
+def test_local_dry_run_gives_two_workers_one_cluster_on_localhost():
+  flags = ['--run_dir=runs/with space', "--run_name=it's"]
+  result = launch('launch/local.sh', '--dry-run', '2', '--', *flags)
+  assert result.returncode == 0, result.stderr
+  configs = tf_configs(result.stdout)
+  assert_one_cluster_two_tasks(configs)
+  assert all(address.startswith('localhost:') for address in configs[0]['cluster']['worker'])
+  for line in result.stdout.splitlines():  # the flags reach the trainer as given
+    assert shlex.split(line)[1:] == [sys.executable, '-m', 'trainer.main', *flags]
+
+
+# ---- launch/ssh.sh and launch/gce.sh: what they would run
+
+def test_ssh_dry_run_gives_each_host_its_task_in_one_cluster():
+  result = launch('launch/ssh.sh', '--dry-run', '--hosts=me@gpu1,gpu2', '--port=3000', '--',
+                  '--num_gpus=2', '--run_dir=gs://bucket/runs/a')
+  assert result.returncode == 0, result.stderr
+  assert_one_cluster_two_tasks(tf_configs(result.stdout), ['gpu1:3000', 'gpu2:3000'])
+  assert 'ssh -o BatchMode=yes me@gpu1 bash -s' in result.stdout
+  assert 'ssh -o BatchMode=yes gpu2 bash -s' in result.stdout
+  assert result.stdout.count('-m trainer.main --num_gpus=2 --run_dir=gs://bucket/runs/a') == 2
+
+
+def test_gce_dry_run_trains_one_worker_per_vm_in_one_cluster():
+  result = launch('launch/gce.sh', '--dry-run', '--workers=2', '--name=mnist', '--gpus=4',
+                  'train', '--', '--run_dir=gs://bucket/runs/a')
+  assert result.returncode == 0, result.stderr
+  assert_one_cluster_two_tasks(tf_configs(result.stdout), ['mnist-0:2222', 'mnist-1:2222'])
+  assert 'gcloud compute ssh mnist-0 --zone=us-central1-a' in result.stdout
+  assert result.stdout.count('-m trainer.main --num_gpus=4 --run_dir=gs://bucket/runs/a') == 2
+
+
+def test_gce_dry_run_creates_gpu_vms_that_install_the_package_and_deletes_them(tmp_path):
+  create = launch('launch/gce.sh', '--dry-run', '--workers=2', '--spot',
+                  '--staging=gs://bucket/staging', f'--log_dir={tmp_path}', 'create')
+  assert create.returncode == 0, create.stderr
+  commands = [shlex.split(line) for line in create.stdout.splitlines()
+              if line.startswith('gcloud compute instances create')]
+  assert len(commands) == 1
+  assert commands[0][4:6] == ['densenet-0', 'densenet-1']
+  assert {'--accelerator=type=nvidia-tesla-t4,count=1', '--maintenance-policy=TERMINATE',
+          '--provisioning-model=SPOT', f'--metadata-from-file=startup-script={tmp_path}/startup.sh',
+          '--image-project=deeplearning-platform-release'} <= set(commands[0])
+  assert 'gcloud storage cp' in create.stdout  # the wheel of this checkout goes to staging
+  assert "tensorflow\\[and-cuda\\,gcs-filesystem\\]==2.21.\\*" in create.stdout
+  assert not (tmp_path / 'startup.sh').exists()  # a dry run writes nothing
+
+  delete = launch('launch/gce.sh', '--dry-run', '--workers=2', 'delete')
+  assert delete.stdout.strip() == ('gcloud compute instances delete densenet-0 densenet-1 '
+                                   '--zone=us-central1-a --quiet')
+
+
+# ---- All three
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_help(script):
+  result = launch(script, '--help')
+  assert result.returncode == 0 and result.stdout.startswith('Usage: ' + script)
+
+
+@pytest.mark.parametrize('script, args, expected', [
+    ('launch/local.sh', ['--', '--epochs=1'], 'give the number of workers'),
+    ('launch/ssh.sh', ['--', '--epochs=1'], 'give the hosts'),
+    ('launch/ssh.sh', ['--hosts=a b'], "--hosts entry 'a b' is not [user@]host"),
+    ('launch/gce.sh', ['--', '--epochs=1'], 'say what to do: create, train or delete'),
+    ('launch/gce.sh', ['train', '--', '--run_dir=runs/local'], 'train needs --run_dir=gs://'),
+    ('launch/gce.sh', ['create'], 'create needs --staging=gs://'),
+])
+def test_bad_arguments_end_in_one_line(script, args, expected):
+  result = launch(script, '--dry-run', *args)
+  assert result.returncode == 2
+  assert result.stderr.strip().startswith('error: ') and expected in result.stderr
+
+
+@pytest.mark.skipif(not shutil.which('shellcheck'), reason='shellcheck is not installed')
+def test_the_scripts_pass_shellcheck():
+  result = subprocess.run(['shellcheck', '-x', *SCRIPTS, 'launch/lib.sh'], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+  assert result.returncode == 0, result.stdout
