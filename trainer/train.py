@@ -140,7 +140,12 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits,
       distribution.barrier(strategy)
 
     # ---- Evaluate the best checkpoint on the test split.
-    model.load_weights(os.path.join(config.run_dir, BEST_CHECKPOINT))
+    # Recompiled first: the best checkpoint may come from the frozen stage, whose Adam slots
+    # do not fit the unfrozen model's optimizer; a fresh optimizer has no slots to fit yet.
+    with strategy.scope():
+      compile_for_stage(model, stages[-1], config, steps, splits.num_classes)
+    # expect_partial: the checkpoint's optimizer state is not needed to evaluate.
+    model.load_weights(os.path.join(config.run_dir, BEST_CHECKPOINT)).expect_partial()
     results = model.evaluate(test_ds, steps=eval_steps, return_dict=True, verbose=0)
     metrics = {'test_loss': results['crossentropy'], 'test_accuracy': results['accuracy'],
                'test_objective': results['loss']}
