@@ -42,6 +42,15 @@ print(' '.join(str(s.getsockname()[1]) for s in sockets))
 EOF
 }
 
+# Copies its input to its output, each line prefixed with $1, as each line comes: awk
+# and sed may hold lines back until a buffer fills (mawk does, on Debian and Ubuntu).
+prefix_lines() {
+  local line
+  while IFS= read -r line || [[ -n $line ]]; do
+    printf '%s%s\n' "$1" "$line"
+  done
+}
+
 main() {
   local dry_run=false num_workers=''
   while (($#)); do
@@ -78,7 +87,7 @@ main() {
   stop_workers_on_exit
   for ((index = 0; index < num_workers; index++)); do
     TF_CONFIG=$(tf_config "$index" "${addresses[@]}") "$PYTHON" -m trainer.main "$@" \
-      > >(awk -v prefix="[worker $index] " '{ print prefix $0; fflush() }') 2>&1 &
+      > >(prefix_lines "[worker $index] ") 2>&1 &
     WORKER_PIDS+=("$!")
     WORKER_NAMES+=("worker $index")
   done
