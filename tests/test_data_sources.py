@@ -69,8 +69,8 @@ def error_line(result):
 
 
 def test_no_data_and_no_network_ends_in_seconds_naming_both_fixes(tmp_path):
-  result, seconds = run_offline('trainer.main', '--dataset=mnist', f'--data_dir={tmp_path}',
-                                f'--run_dir={tmp_path / "run"}')
+  result, seconds = run_offline('trainer.main', '--dataset=mnist', '--weights=none',
+                                f'--data_dir={tmp_path}', f'--run_dir={tmp_path / "run"}')
   line = error_line(result)
   assert "could not download 'mnist'" in line
   assert 'python -m trainer.prepare_data --dataset=mnist --data_dir=DIR' in line

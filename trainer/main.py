@@ -10,7 +10,7 @@ import sys
 
 from absl import flags
 
-from trainer import cli, data, distribution, runs, train
+from trainer import cli, data, distribution, runs, train, weights
 from trainer.errors import UserError
 from trainer.model import ADAPTERS, HEADS, INTERPOLATIONS, MIN_IMAGE_SIZE, ModelConfig
 
@@ -133,10 +133,12 @@ def run(splits_override=None, strategy_override=None) -> dict:
     raise UserError(f'--batch_size={config.batch_size} does not split evenly over {replicas} '
                     f'replicas; use a multiple of {replicas}')
   runs.claim(config, resolved_flags_text(), chief=distribution.is_chief(strategy))
+  # Before the data: missing weights should fail in seconds, not after a dataset download.
+  weights_path = weights.resolve(config.weights)
   splits = splits_override or data.load_splits(config.dataset, config.data_dir,
                                                config.validation_split, config.download)
   with distribution.lost_workers_as_user_errors():
-    return train.train_and_evaluate(config, splits, strategy)
+    return train.train_and_evaluate(config, splits, strategy, weights_path)
 
 
 def main(argv):

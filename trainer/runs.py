@@ -28,7 +28,13 @@ def default_run_dir(run_name: str = '') -> str:
 
 
 def claim(config: TrainConfig, flags_text: str, chief: bool = True):
-  """Refuses a finished or differently configured run folder; records the configuration."""
+  """Refuses a finished or differently configured run folder; records the configuration.
+
+  Only the chief claims: the other workers of a multi-worker run would race it for the
+  files it writes here, and they stop with it (they lose contact) when it refuses.
+  """
+  if not chief:
+    return
   run_dir = config.run_dir
   if tf.io.gfile.exists(os.path.join(run_dir, METRICS_FILE)):
     raise UserError(f'{run_dir} holds a finished run; choose a new --run_name or --run_dir, or '
@@ -40,10 +46,9 @@ def claim(config: TrainConfig, flags_text: str, chief: bool = True):
                       f'it with --flagfile={os.path.join(run_dir, FLAGS_FILE)} or choose a new '
                       '--run_name')
     print(f'Resuming the run in {run_dir}')
-  if chief:
-    tf.io.gfile.makedirs(run_dir)
-    _write(os.path.join(run_dir, CONFIG_FILE), json.dumps(dataclasses.asdict(config), indent=2))
-    _write(os.path.join(run_dir, FLAGS_FILE), flags_text)
+  tf.io.gfile.makedirs(run_dir)
+  _write(os.path.join(run_dir, CONFIG_FILE), json.dumps(dataclasses.asdict(config), indent=2))
+  _write(os.path.join(run_dir, FLAGS_FILE), flags_text)
 
 
 def load_config(run_dir: str) -> TrainConfig:

@@ -86,9 +86,10 @@ def plan_stages(config: TrainConfig) -> List[Stage]:
   raise ValueError(f'unknown train_mode {config.train_mode!r}; expected one of {TRAIN_MODES}')
 
 
-def train_and_evaluate(config: TrainConfig, splits: data.Splits,
-                       strategy: tf.distribute.Strategy) -> dict:
-  """Trains, restores the best checkpoint, evaluates on the test split; returns the test metrics."""
+def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.distribute.Strategy,
+                       weights_path: Optional[str]) -> dict:
+  """Trains from `weights_path` (None: a random start), restores the best checkpoint,
+  evaluates on the test split; returns the test metrics."""
   chief = distribution.is_chief(strategy)
   replicas = strategy.num_replicas_in_sync
   print(f'{replicas} replica(s), global batch {config.batch_size}, '
@@ -105,7 +106,6 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits,
   # ---- Model, with the pretrained backbone.
   with strategy.scope():
     model = build_model(config.model, splits.image_shape, splits.num_classes)
-    weights_path = weights.resolve(config.weights)
     if weights_path:
       loaded = weights.load_into_backbone(backbone_of(model), weights_path)
       print(f'Loaded {weights_path} into {loaded} backbone layers')
