@@ -170,6 +170,6 @@ def test_bad_idx_folders_are_refused_with_the_problem_and_fix(tmp_path, damage, 
 def test_a_bad_idx_folder_ends_training_in_one_line(tmp_path):
   directory = write_idx_dir(tmp_path / 'idx', *small_digits())
   _wrong_magic(directory)
-  result, _ = run_offline('trainer.main', f'--dataset=idx:{directory}',
+  result, _ = run_offline('trainer.main', f'--dataset=idx:{directory}', '--weights=none',
                           f'--run_dir={tmp_path / "run"}')
   assert 'magic number 2049, expected 2051' in error_line(result)

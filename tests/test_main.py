@@ -60,12 +60,14 @@ def run_main(*argv):
 @pytest.mark.parametrize('argv, expected', [
     (['--adapter=gray'], 'flag --adapter=gray: value should be one of <rgb|conv>'),
     (['--image_size=28'], 'flag --image_size=28: 28 is not integer >= 32'),
-    (['--batch_size=0'], 'flag --batch_size=0: 0 is not integer >= 1'),
+    (['--batch_size=0'], 'flag --batch_size=0: 0 is not a positive integer'),
     (['--dataset=no_such_dataset'], "--dataset='no_such_dataset' is not a tensorflow-datasets"),
     (['--nodownload'], 'not prepared in --data_dir='),
 ])
 def test_bad_input_ends_in_one_clear_line(argv, expected, tmp_path):
-  result = run_main(*argv, f'--data_dir={tmp_path}', f'--run_dir={tmp_path / "run"}')
+  # --weights=none: each case isolates one bad input (missing ImageNet weights fail first).
+  result = run_main(*argv, '--weights=none', f'--data_dir={tmp_path}',
+                    f'--run_dir={tmp_path / "run"}')
   assert result.returncode != 0
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: ') and expected in last_line, result.stderr[-2000:]

@@ -21,3 +21,21 @@ def run(main):
       sys.exit(f'error: {e}')
 
   app.run(main_with_clear_errors, flags_parser=parse_flags)
+
+
+def run_on_run_dir(action, verb: str):
+  """The entry point of a command that works on one run folder: `--run_dir=runs/NAME`.
+
+  The flag is defined here, when the command starts, not at import: trainer.main
+  defines its own --run_dir, and tests import both modules into one process.
+  """
+  flags.DEFINE_string('run_dir', None, f'The run folder to {verb}, e.g. runs/NAME.')
+  flags.mark_flag_as_required('run_dir')
+
+  def main(argv):
+    if len(argv) > 1:
+      raise UserError(f'unexpected arguments {argv[1:]}; give the run folder as '
+                      '--run_dir=runs/NAME')
+    action(flags.FLAGS.run_dir)
+
+  run(main)

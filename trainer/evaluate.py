@@ -16,7 +16,6 @@ from typing import List, Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
 from PIL import Image, ImageDraw, ImageFont
 
 from trainer import cli, data, runs
@@ -200,18 +199,5 @@ def misclassified_grid(mistakes: List[Mistake]) -> np.ndarray:
   return np.asarray(grid)
 
 
-def define_flags():
-  """Only when run as a command: trainer.main defines its own --run_dir in the same process."""
-  flags.DEFINE_string('run_dir', None, 'The run folder to evaluate, e.g. runs/NAME.')
-  flags.mark_flag_as_required('run_dir')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments {argv[1:]}; give the run folder as --run_dir=runs/NAME')
-  evaluate_run(flags.FLAGS.run_dir)
-
-
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  cli.run_on_run_dir(evaluate_run, 'evaluate')

@@ -18,7 +18,6 @@ import os
 from typing import Tuple
 
 import tensorflow as tf
-from absl import flags
 
 from trainer import cli
 from trainer.errors import UserError
@@ -91,18 +90,5 @@ def export_run(run_dir: str) -> str:
   return export_model(runs.load_best_model(run_dir), run_dir)
 
 
-def define_flags():
-  """Only when run as a command: trainer.main defines its own --run_dir in the same process."""
-  flags.DEFINE_string('run_dir', None, 'The run folder to export, e.g. runs/NAME.')
-  flags.mark_flag_as_required('run_dir')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments {argv[1:]}; give the run folder as --run_dir=runs/NAME')
-  export_run(flags.FLAGS.run_dir)
-
-
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  cli.run_on_run_dir(export_run, 'export')
