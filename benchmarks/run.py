@@ -57,7 +57,7 @@ class CpuSizes:
 
 
 CPU_FULL = CpuSizes(fraction=1.0, image_size=64, batch_size=32, pipeline_batches=3000,
-                    warmup_steps=5, timed_steps=30, chunk_steps=8, rounds=4, start_ups=2)
+                    warmup_steps=5, timed_steps=30, chunk_steps=8, rounds=8, start_ups=2)
 CPU_QUICK = CpuSizes(fraction=0.1, image_size=32, batch_size=16, pipeline_batches=300,
                      warmup_steps=2, timed_steps=4, chunk_steps=3, rounds=2, start_ups=1)
 
