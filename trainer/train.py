@@ -154,7 +154,7 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
     log_hparams(log_dir, config, metrics, replicas)
     if config.export:
       export.export_model(model, out)
-    with open(os.path.join(out, METRICS_FILE), 'w') as f:
+    with tf.io.gfile.GFile(os.path.join(out, METRICS_FILE), 'w') as f:  # gs:// run folders too
       json.dump(metrics, f, indent=2)
   return metrics
 
