@@ -15,7 +15,7 @@ ADAPTERS = ('rgb', 'conv')
 HEADS = ('gap', 'flatten')
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
 MIN_IMAGE_SIZE = 32  # the smallest input keras.applications' DenseNet121 accepts
-BACKBONE = 'densenet121'
+BACKBONE = 'densenet121'  # the name keras.applications gives the nested model
 BACKBONE_INPUT = 'backbone_input'  # the adapter's last layer: what the backbone sees
 # keras.applications.densenet.preprocess_input ("torch" mode) on [0, 1] pixels.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
