@@ -1,7 +1,8 @@
 """Runs an absl entry point so that every bad input ends in one line: `error: <problem>; <fix>`."""
+import logging as python_logging
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from trainer.errors import UserError
 
@@ -15,12 +16,23 @@ def run(main):
       sys.exit(f'error: {e}')
 
   def main_with_clear_errors(argv):
+    quiet_library_logs()
     try:
       main(argv)
     except UserError as e:
       sys.exit(f'error: {e}')
 
   app.run(main_with_clear_errors, flags_parser=parse_flags)
+
+
+def quiet_library_logs():
+  """TensorFlow logs every checkpoint write at INFO; the commands print their own progress.
+
+  --verbosity=0 brings the INFO logs back.
+  """
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+    python_logging.getLogger('tensorflow').setLevel(python_logging.WARNING)
 
 
 def run_on_run_dir(action, verb: str):
