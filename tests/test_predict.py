@@ -7,13 +7,14 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from trainer import predict
 from trainer.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_SHAPE = (28, 28, 1)
+RGB_SHAPE = (32, 32, 3)  # a colour model's input: no autocontrast hides a wrong scale
 
 
 def run_command(*args):
@@ -28,6 +29,10 @@ def draw_seven(size=(90, 120), ink=30, paper=230):
   ImageDraw.Draw(image).line([(0.25 * width, 0.2 * height), (0.75 * width, 0.2 * height),
                               (0.4 * width, 0.8 * height)], fill=ink, width=width // 8)
   return image
+
+
+def model_input(path, image_shape=MNIST_SHAPE, invert='auto'):
+  return predict.to_model_input(predict.read_image(str(path)), image_shape, invert)
 
 
 @pytest.fixture
@@ -47,16 +52,13 @@ def export_dir(tiny_run):
 
 
 def test_a_light_background_is_inverted_into_the_dataset_format(digit_files):
-  def model_input(name, invert='auto'):
-    return predict.to_model_input(predict.read_image(digit_files[name]), MNIST_SHAPE, invert)
-
-  from_paper = model_input('dark_on_light.png')
-  as_stored = model_input('light_on_dark.png')
+  from_paper = model_input(digit_files['dark_on_light.png'])
+  as_stored = model_input(digit_files['light_on_dark.png'])
   assert from_paper.shape == MNIST_SHAPE and from_paper.dtype == np.uint8
   assert np.abs(from_paper.astype(int) - as_stored).max() <= 1
   assert as_stored[0, 0, 0] < 50 and as_stored.max() > 200  # dark background, light strokes
-  assert model_input('dark_on_light.png', invert='no')[0, 0, 0] > 200
-  assert model_input('light_on_dark.png', invert='yes')[0, 0, 0] > 200
+  assert model_input(digit_files['dark_on_light.png'], invert='no')[0, 0, 0] > 200
+  assert model_input(digit_files['light_on_dark.png'], invert='yes')[0, 0, 0] > 200
   # Scaled to fit with the aspect kept: the 90x120 drawing's side columns are padding.
   assert np.abs(from_paper[:, :3].astype(int) - from_paper[0, 0, 0]).max() <= 1
 
@@ -70,6 +72,21 @@ def test_auto_inversion_compares_border_and_centre():
   assert not predict.should_invert(Image.fromarray(light_border).convert('RGB'), 'auto')
   assert predict.should_invert(Image.fromarray(dark_border), 'yes')
   assert not predict.should_invert(Image.fromarray(light_border), 'no')
+
+
+@pytest.mark.parametrize('image_shape', [MNIST_SHAPE, RGB_SHAPE])
+@pytest.mark.parametrize('extension', ['png', 'tif'])
+def test_16_bit_images_are_rescaled_to_8_bits(tmp_path, extension, image_shape):
+  # Blurred, the 7 holds every gray level from ink to paper: a wrong scale shows in all of them.
+  seven = draw_seven().filter(ImageFilter.GaussianBlur(4))
+  seven.save(tmp_path / f'8_bit.{extension}')
+  # 257 = 65535 / 255: the same image at 16 bits, white still white.
+  Image.fromarray(np.asarray(seven, np.uint16) * 257).save(tmp_path / f'16_bit.{extension}')
+  assert Image.open(tmp_path / f'16_bit.{extension}').mode == 'I;16'
+
+  from_16_bits = model_input(tmp_path / f'16_bit.{extension}', image_shape)
+  from_8_bits = model_input(tmp_path / f'8_bit.{extension}', image_shape)
+  assert np.abs(from_16_bits.astype(int) - from_8_bits).max() <= 1
 
 
 def test_predict_prints_a_class_and_probability_per_file(export_dir, digit_files):

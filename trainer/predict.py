@@ -47,6 +47,7 @@ def load_signature(model_dir: str):
 
 
 def read_image(path: str) -> Image.Image:
+  """The image in `path`, upright, at 8 bits a channel."""
   if not os.path.isfile(path):
     raise UserError(f'{path} does not exist; give paths of PNG or JPEG files')
   try:
@@ -55,7 +56,18 @@ def read_image(path: str) -> Image.Image:
   except (UnidentifiedImageError, OSError) as e:
     raise UserError(f'{path} is not a readable image ({e}); give PNG or JPEG files') from None
   # Phone photos are often stored sideways with an EXIF note saying how to turn them.
-  return ImageOps.exif_transpose(image)
+  return _to_8_bits(ImageOps.exif_transpose(image))
+
+
+def _to_8_bits(image: Image.Image) -> Image.Image:
+  """16-bit gray rescaled to 8 bits: Pillow's own conversion clips it at 255 instead.
+
+  Pillow already reads 16-bit colour PNGs at 8 bits a channel.
+  """
+  if not image.mode.startswith('I;16'):
+    return image
+  eight_bits = np.round(np.asarray(image) / 257).astype(np.uint8)  # 257 = 65535 / 255
+  return Image.fromarray(eight_bits)
 
 
 def to_model_input(image: Image.Image, image_shape, invert: str = 'auto') -> np.ndarray:
