@@ -57,6 +57,8 @@ EOF
 }
 
 DRY_RUN=false
+# The gcloud flags that say where the VMs are: --zone, and --project if given.
+WHERE=()
 # Runs a command, or with --dry-run prints it.
 run() {
   if $DRY_RUN; then
@@ -99,17 +101,34 @@ main() {
     shift
   done
   [[ -n $command ]] || die "say what to do: create, train or delete; see --help"
-  [[ $workers =~ ^[1-9][0-9]*$ ]] || die "--workers=$workers is not a positive number"
-  [[ $gpus =~ ^[0-9]+$ ]] || die "--gpus=$gpus is not a number"
-  [[ $command == train || $# == 0 ]] || die "trainer flags go only with train"
+  [[ $command == train || $# == 0 ]] || die "trainer flags go only with train; drop them or say train"
+  check_value --workers "$workers" '^[1-9][0-9]{0,2}$' "a number of VMs; e.g. --workers=2"
+  check_value --gpus "$gpus" '^[0-9]{1,2}$' "a number of GPUs per VM; e.g. --gpus=1"
+  check_port --port "$port"
+  check_value --name "$name" "$NAME_PATTERN" \
+    "a VM name prefix; use lowercase letters, digits and hyphens, e.g. --name=densenet"
+  [[ -z $project ]] || check_value --project "$project" "$PROJECT_PATTERN" \
+    "a project ID; give the ID that gcloud projects list shows"
+  check_value --zone "$zone" "$GCLOUD_ID_PATTERN" "a zone name; e.g. --zone=us-central1-a"
+  check_value --machine_type "$machine_type" "$GCLOUD_ID_PATTERN" \
+    "a machine type; e.g. --machine_type=n1-standard-8"
+  check_value --accelerator "$accelerator" "$GCLOUD_ID_PATTERN" \
+    "a GPU type; e.g. --accelerator=nvidia-tesla-t4"
+  check_value --image_family "$image_family" "$GCLOUD_ID_PATTERN" \
+    "an image family; e.g. --image_family=common-cu128-ubuntu-2204-nvidia-570"
+  check_value --image_project "$image_project" "$GCLOUD_ID_PATTERN" \
+    "an image project; e.g. --image_project=deeplearning-platform-release"
+  check_value --disk_size "$disk_size" '^[1-9][0-9]*(GB|TB)$' "a disk size; e.g. --disk_size=100GB"
+  # The startup script's path goes into gcloud's comma-separated --metadata-from-file.
+  check_value --log_dir "$log_dir" '^[^,[:cntrl:]]+$' "a folder; give one without commas"
 
   local vms=() index
   for ((index = 0; index < workers; index++)); do
     vms+=("$name-$index")
   done
   # Every gcloud command names the zone (and the project, if given).
-  local where=("--zone=$zone")
-  [[ -z $project ]] || where+=("--project=$project")
+  WHERE=("--zone=$zone")
+  [[ -z $project ]] || WHERE+=("--project=$project")
 
   case $command in
     create)
@@ -117,7 +136,7 @@ main() {
       local startup="$log_dir/startup.sh"
       write_file "$startup" "$(startup_script "$staging")"
       local create_flags=(
-        "${where[@]}" "--machine-type=$machine_type"
+        "${WHERE[@]}" "--machine-type=$machine_type"
         "--image-family=$image_family" "--image-project=$image_project"
         "--boot-disk-size=$disk_size"
         # The workers read and write the gs:// run folder with the VM's service account.
@@ -138,10 +157,10 @@ main() {
     train)
       [[ " $* " == *" --run_dir=gs://"* ]] ||
         die "train needs --run_dir=gs://BUCKET/runs/NAME among the trainer flags: the workers share it"
-      start_workers "$port" "$gpus" "$log_dir" "${where[*]}" "${vms[@]}" -- "$@"
+      start_workers "$port" "$gpus" "$log_dir" "${vms[@]}" -- "$@"
       ;;
     delete)
-      run gcloud compute instances delete "${vms[@]}" "${where[@]}" --quiet
+      run gcloud compute instances delete "${vms[@]}" "${WHERE[@]}" --quiet
       ;;
   esac
 }
@@ -198,11 +217,10 @@ write_file() {
 }
 
 # Starts `gcloud compute ssh` to every VM in the background and waits for them.
-# Arguments: PORT GPUS LOG_DIR "GCLOUD LOCATION FLAGS" VM... -- TRAINER FLAGS...
+# Arguments: PORT GPUS LOG_DIR VM... -- TRAINER FLAGS...
 start_workers() {
-  local port=$1 gpus=$2 log_dir=$3 where vms=() addresses=()
-  read -r -a where <<<"$4"
-  shift 4
+  local port=$1 gpus=$2 log_dir=$3 vms=() addresses=()
+  shift 3
   while [[ $1 != -- ]]; do
     vms+=("$1")
     addresses+=("$1:$port")  # VM names resolve inside the VPC (internal DNS)
@@ -218,7 +236,7 @@ start_workers() {
     log="$log_dir/${vms[index]}.log"
     # --quiet: no prompt (e.g. for an SSH key passphrase) from a command in the background.
     # The script goes in on stdin, so it needs no second layer of quoting.
-    ssh_command=(gcloud compute ssh "${vms[index]}" "${where[@]}" --quiet --command="bash -s")
+    ssh_command=(gcloud compute ssh "${vms[index]}" "${WHERE[@]}" --quiet --command="bash -s")
     if $DRY_RUN; then
       echo "# worker $index on ${vms[index]}, log in $log"
       printf "%s <<'EOF'\n%s\nEOF\n" "$(print_command "${ssh_command[@]}")" "$script"
@@ -241,7 +259,7 @@ worker_script() {
   local ready="[[ -f $VM_ROOT/READY ]]"
   ((gpus == 0)) || ready+=" && nvidia-smi >/dev/null 2>&1"
   echo "until $ready; do echo 'waiting for the install'; sleep 10; done"
-  printf "TF_CONFIG='%s' " "$config"  # the JSON holds no single quotes
+  printf 'TF_CONFIG=%s ' "$(quote "$config")"
   print_command "$VM_PYTHON" -m trainer.main "--num_gpus=$gpus" "$@"
 }
 

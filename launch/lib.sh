@@ -1,5 +1,6 @@
 # Shared by local.sh, ssh.sh and gce.sh (sourced, not run): TF_CONFIG, quoting, waiting.
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # the *_PATTERN values are for the scripts that source it
 
 die() {
   echo "error: $*" >&2
@@ -15,6 +16,32 @@ tf_config() {
   workers=$(printf '"%s", ' "$@")
   printf '{"cluster": {"worker": [%s]}, "task": {"type": "worker", "index": %d}}' \
     "${workers%, }" "$index"
+}
+
+# $1 in single quotes, for a script that another shell reads: safe whatever $1 holds.
+quote() {
+  printf "'%s'" "${1//\'/\'\\\'\'}"
+}
+
+# Values from the command line end up in scripts other shells run, in file paths, in
+# gcloud's comma-separated flags and in YAML, so each must match a pattern first.
+# Dies unless flag $1's value $2 matches the extended regular expression $3; $4 says
+# what the value should be and how to fix it. %q keeps the message on one line.
+check_value() {
+  [[ $2 =~ $3 ]] || die "$1=$(printf %q "$2") is not $4"
+}
+
+# A Compute Engine or Kubernetes name: lowercase letters, digits and inner hyphens
+# (RFC 1035), short enough for the suffixes the scripts add (-0, -worker-12).
+NAME_PATTERN='^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$'
+# A gcloud zone, region, machine type, GPU type or image name.
+GCLOUD_ID_PATTERN='^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'
+# A Google Cloud project ID, with the domain of a domain-scoped project if it has one.
+PROJECT_PATTERN='^([a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$'
+
+check_port() {
+  check_value "$1" "$2" '^[1-9][0-9]{0,4}$' "a port number; use 1 to 65535"
+  (($2 <= 65535)) || die "$1=$2 is not a port number; use 1 to 65535"
 }
 
 # Prints its arguments as one shell command line, each quoted so it can be pasted back.

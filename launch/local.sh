@@ -76,7 +76,7 @@ main() {
 
   if $dry_run; then
     for ((index = 0; index < num_workers; index++)); do
-      printf "TF_CONFIG='%s' " "$(tf_config "$index" "${addresses[@]}")"
+      printf 'TF_CONFIG=%s ' "$(quote "$(tf_config "$index" "${addresses[@]}")")"
       print_command "$PYTHON" -m trainer.main "$@"
     done
     return 0

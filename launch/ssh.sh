@@ -51,7 +51,7 @@ main() {
     shift
   done
   [[ -n $hosts ]] || die "give the hosts, e.g. --hosts=gpu1,gpu2; see --help"
-  [[ $port =~ ^[0-9]+$ ]] || die "--port=$port is not a port number"
+  check_port --port "$port"
 
   local targets addresses=() target
   IFS=, read -r -a targets <<<"$hosts"
@@ -95,7 +95,7 @@ worker_script() {
   elif [[ -n $workdir ]]; then
     printf 'cd %q || exit\n' "$workdir"
   fi
-  printf "TF_CONFIG='%s' " "$config"  # the JSON holds no single quotes
+  printf 'TF_CONFIG=%s ' "$(quote "$config")"
   print_command "$python" -m trainer.main "$@"
 }
 

@@ -3,6 +3,7 @@ gce.sh would run (their --dry-run), since this machine has no SSH hosts or cloud
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -176,6 +177,53 @@ def test_gce_dry_run_creates_gpu_vms_that_install_the_package_and_deletes_them(t
   delete = launch('launch/gce.sh', '--dry-run', '--workers=2', 'delete')
   assert delete.stdout.strip() == ('gcloud compute instances delete densenet-0 densenet-1 '
                                    '--zone=us-central1-a --quiet')
+
+
+def test_gce_refuses_values_that_would_reach_a_shell_or_escape_the_log_folder(tmp_path):
+  """Every value that reaches the workers' script, a path or gcloud's arguments is checked:
+  with --dry-run nothing runs, so an accepted injection shows in the printed script."""
+  injections = [
+      ('--port', "1'; touch pwned; echo '"),
+      ('--name', "x'; touch pwned; echo '"),
+      ('--name', '../../x'),
+      ('--zone', 'us-central1-a --project=someone-else'),
+      ('--project', 'p; touch pwned'),
+      ('--machine_type', 'n1-standard-8 --metadata=x=y'),
+      ('--accelerator', 'nvidia-tesla-t4,count=8'),
+  ]
+  for flag, value in injections:
+    result = launch('launch/gce.sh', '--dry-run', f'{flag}={value}', f'--log_dir={tmp_path}',
+                    'train', '--', '--run_dir=gs://bucket/runs/a')
+    assert result.returncode == 2, (flag, value, result.stdout)
+    assert result.stdout == ''
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'error: {flag}=') and '; ' in lines[0], lines
+  assert not list(tmp_path.iterdir())
+
+
+def test_gce_worker_scripts_quote_what_they_pass_on(tmp_path):
+  """The script each VM runs, run here by bash with a stand-in python: the trainer flags
+  arrive as given, whatever they hold, and TF_CONFIG as built."""
+  flags = ['--run_dir=gs://bucket/runs/a', "--run_name=it's $(touch pwned)", '--note=a;b c']
+  result = launch('launch/gce.sh', '--dry-run', '--gpus=0', 'train', '--', *flags)
+  assert result.returncode == 0, result.stderr
+  scripts = re.findall(r"<<'EOF'\n(.*?)\nEOF\n", result.stdout, re.S)
+  assert len(scripts) == 2
+  fake = tmp_path / 'opt/densenet/venv/bin/python'
+  fake.parent.mkdir(parents=True)
+  fake.write_text('#!/bin/bash\nprintf "%s\\n" "$TF_CONFIG" "$@"\n')
+  fake.chmod(0o755)
+  (tmp_path / 'opt/densenet/READY').touch()
+  for index, script in enumerate(scripts):
+    # The VM's paths, moved under tmp_path.
+    script = script.replace('/opt/densenet', f'{tmp_path}/opt/densenet')
+    run = subprocess.run(['bash', '-c', script], cwd=tmp_path, capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    config, *argv = run.stdout.splitlines()
+    assert json.loads(config)['task'] == {'type': 'worker', 'index': index}
+    assert argv == ['-m', 'trainer.main', '--num_gpus=0', *flags]
+  assert not (tmp_path / 'pwned').exists()
 
 
 # ---- All three
