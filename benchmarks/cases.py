@@ -1,7 +1,7 @@
 """The measurements, each run in a child process: python -m benchmarks.cases NAME 'JSON PARAMS'.
 
 The project's side always goes through the project's own code: trainer.data.load_splits
-and batched, trainer.model.build_model, trainer.train.compile_for_stage, trainer.main.
+and training_batches, trainer.model.build_model, trainer.train.compile_for_stage, trainer.main.
 Every child imports the same libraries (this module's imports) before any timer starts,
 so the data-stage rows compare the work, not the imports.
 """
@@ -60,7 +60,7 @@ def libraries():
 def data_stage_project(p):
   start = time.perf_counter()
   splits = _splits(p['dataset'], p['fraction'])
-  train_ds = data.batched(splits.train, p['batch_size'], training=True)
+  train_ds = data.training_batches(splits.train, p['batch_size'])
   steps = data.steps_per_epoch(splits.train, p['batch_size'])
   # What fit does with a dataset, up to the batch its first step trains on.
   handler = data_adapter.get_data_handler(x=train_ds, steps_per_epoch=steps, epochs=1, model=None)
@@ -89,8 +89,8 @@ def data_stage_baseline(p):
 
 def input_pipeline(p):
   splits = _splits(p['dataset'], p['fraction'])
-  iterator = iter(data.batched(splits.train, p['batch_size'], training=True))
-  next(iterator)  # fills the cache and the shuffle buffer: the data stage, measured above
+  iterator = iter(data.training_batches(splits.train, p['batch_size']))
+  next(iterator)  # reads the split into memory: the data stage, measured above
   start = time.perf_counter()
   for _ in range(p['num_batches']):
     next(iterator)
@@ -188,7 +188,7 @@ def gpu_train(p):
   timed = math.ceil(p['timed_steps'] / spe) * spe
   global_batch = p['batch_size_per_device'] * max(num_gpus, 1)
   splits = _splits(p['dataset'], p['fraction'])
-  train_ds = data.batched(splits.train, global_batch, training=True)
+  train_ds = data.training_batches(splits.train, global_batch)
   config = train.TrainConfig(run_dir='unused', batch_size=global_batch)
   with strategy.scope():
     model = build_model(ModelConfig(image_size=p['image_size'], interpolation=p['interpolation']),

@@ -168,8 +168,8 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
       f'preparation alone took {article["prepare_seconds"]:.1f} s and holds '
       f'{gib(article["host_bytes"]):.2f} GiB of float32 images; the project holds the uint8 '
       f'images once, in its tf.data cache. Resize in the baseline: {article["resize"]}.',
-      f'Input pipeline: trainer.data.batched on the training split, timed over '
-      f'{sizes.pipeline_batches} batches after the cache and shuffle buffer are full; the '
+      f'Input pipeline: trainer.data.training_batches on the training split, timed over '
+      f'{sizes.pipeline_batches} batches after the split is in memory; the '
       f'model\'s rate is trainer.main\'s steady training rate.',
       f'Training: trainer.main (--weights=none, --noexport, 1 epoch of '
       f'{sizes.warmup_steps + sizes.timed_steps} steps, the first {sizes.warmup_steps} left '
@@ -261,7 +261,7 @@ def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision,
       f'Devices: {", ".join(gpus) or "none (a CPU smoke check, not GPU figures)"}.',
       f'Sizes: {sizes.image_size}x{sizes.image_size} images, batch {sizes.batch_size_per_device} '
       f'per device (global batch = that x devices), {sizes.timed_steps} timed steps after '
-      f'{sizes.warmup_steps}; trainer.data.batched, trainer.model.build_model and '
+      f'{sizes.warmup_steps}; trainer.data.training_batches, trainer.model.build_model and '
       f'trainer.train.compile_for_stage under trainer.distribution\'s strategy and policy. '
       f'Rates are medians over executions, each ending in a host sync. The resize is '
       f'bicubic (the model\'s default) except in the XLA row: XLA has no ResizeBicubic '

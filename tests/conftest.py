@@ -1,7 +1,9 @@
 """Shared fixtures. DenseNet121 takes ~30 s to build and step on a 2-core CPU, so the
 expensive things (a weights file, a finished tiny run) are built once per session."""
 import os
+import struct
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -67,6 +69,26 @@ def tiny_run(tmp_path_factory, notop_weights_file):
   flags.FLAGS.unparse_flags()
   assert os.path.exists(os.path.join(run_dir, 'metrics.json')), metrics
   return run_dir
+
+
+@pytest.fixture(scope='session')
+def prepared_mnist(tmp_path_factory):
+  """A small dataset in tfds's own on-disk format, prepared as `mnist` (1,000 train and 200
+  test digits of random pixels): read from files the way a real download is, which
+  tfds.testing.mock_data is not. Returns its --data_dir."""
+  from trainer import prepare_data  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp('prepared_mnist')
+  rng = np.random.default_rng(0)
+  idx_dir = root / 'idx'
+  idx_dir.mkdir()
+  for prefix, size in (('train', 1000), ('t10k', 200)):
+    for kind, magic, shape in (('images-idx3', 2051, (size, 28, 28)), ('labels-idx1', 2049, (size,))):
+      values = rng.integers(0, 256 if kind.startswith('images') else 10, shape, dtype=np.uint8)
+      header = struct.pack(f'>{1 + len(shape)}I', magic, *shape)
+      (idx_dir / f'{prefix}-{kind}-ubyte').write_bytes(header + values.tobytes())
+  data_dir = str(root / 'tfds')
+  prepare_data.prepare('mnist', data_dir, from_idx=str(idx_dir))
+  return data_dir
 
 
 def event_tags(log_dir):

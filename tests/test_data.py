@@ -13,7 +13,7 @@ def first_batch(ds):
 
 
 def test_training_batches_are_uint8_at_the_stored_size():
-  ds = data.batched(data.synthetic_dataset(50, seed=0), 16, training=True, seed=0)
+  ds = data.training_batches(data.synthetic_dataset(50, seed=0), 16, seed=0)
   images, labels = first_batch(ds)
   assert images.dtype == np.uint8 and images.shape == (16, 28, 28, 1)
   assert labels.dtype == np.int64 and labels.shape == (16,)
@@ -21,19 +21,48 @@ def test_training_batches_are_uint8_at_the_stored_size():
   assert ds.element_spec[0] == tf.TensorSpec((16, 28, 28, 1), tf.uint8)
 
 
+def labels_of(ds, batches):
+  return np.concatenate([labels for _, labels in ds.take(batches).as_numpy_iterator()])
+
+
 def test_training_repeats_with_full_batches_and_evaluation_keeps_the_remainder():
   source = data.synthetic_dataset(20, seed=0)
-  training = data.batched(source, 8, training=True)
+  training = data.training_batches(source, 8)
   assert [len(labels) for _, labels in training.take(5)] == [8] * 5  # past one pass of 20
-  evaluation = data.batched(source, 8, training=False)
+  evaluation = data.evaluation_batches(source, 8)
   assert [len(labels) for _, labels in evaluation] == [8, 8, 4]
+  assert [len(labels) for _, labels in data.evaluation_batches(source, 8, max_batches=2)] == [8, 8]
 
 
-def test_same_seed_same_order_other_seed_other_order():
+def test_every_pass_is_a_new_permutation_that_depends_only_on_the_seed():
   source = data.synthetic_dataset(64, seed=0)
-  order = lambda seed: first_batch(data.batched(source, 32, training=True, seed=seed))[1]
-  np.testing.assert_array_equal(order(1), order(1))
-  assert not np.array_equal(order(1), order(2))
+  indices = tf.data.Dataset.range(64).map(lambda i: (tf.zeros([1, 1, 1], tf.uint8), i))
+  passes = labels_of(data.training_batches(indices, 16, seed=1), 12).reshape(3, 64)
+  for one_pass in passes:
+    assert sorted(one_pass) == list(range(64))  # each example once per pass
+  assert not np.array_equal(passes[0], passes[1]) and not np.array_equal(passes[1], passes[2])
+  np.testing.assert_array_equal(labels_of(data.training_batches(source, 32, seed=1), 3),
+                                labels_of(data.training_batches(source, 32, seed=1), 3))
+  assert not np.array_equal(labels_of(data.training_batches(source, 32, seed=1), 3),
+                            labels_of(data.training_batches(source, 32, seed=2), 3))
+
+
+def test_a_stream_started_at_step_k_is_the_rest_of_the_stream_from_zero():
+  """What a resumed run trains on: the batches an uninterrupted run would have seen."""
+  source = data.synthetic_dataset(40, seed=0)
+  whole = labels_of(data.training_batches(source, 8, seed=3), 12)
+  resumed = labels_of(data.training_batches(source, 8, seed=3, first_step=7), 5)
+  np.testing.assert_array_equal(resumed, whole[7 * 8:])
+
+
+def test_a_pass_stopped_early_leaves_every_later_pass_whole(prepared_mnist):
+  """The bug behind validation that stopped after epoch 1: a `.cache()`d tfds dataset read
+  with take(1) kept, in about half the tries, only what prefetching had read."""
+  splits = data.load_splits('mnist', prepared_mnist, 0.2, download=False)
+  for _ in range(5):
+    ds = data.evaluation_batches(splits.validation, 16)
+    next(iter(ds.take(1)))
+    assert [sum(1 for _ in ds) for _ in range(2)] == [13, 13]  # 200 digits in batches of 16
 
 
 def test_validation_is_the_last_part_of_train_and_sizes_add_up():

@@ -1,4 +1,5 @@
 """trainer.main end to end on mock MNIST, and its bad inputs as a user meets them."""
+import csv
 import json
 import os
 import subprocess
@@ -84,3 +85,15 @@ def test_every_config_parses_into_a_train_config(config_file):
   flags.FLAGS(['trainer.main', f'--flagfile={os.path.join(root, config_file)}'])
   config = main.config_from_flags()
   assert config.epochs >= 1 and config.model.image_size >= 32
+
+
+def test_every_epoch_validates_on_a_dataset_read_from_files(prepared_mnist, tmp_path):
+  """Validation once ran in epoch 1 only (a truncated cache); every row must have it."""
+  run_dir = tmp_path / 'run'
+  train_with_flags('--dataset=mnist', f'--data_dir={prepared_mnist}', '--nodownload',
+                   '--weights=none', '--image_size=32', '--batch_size=16', '--epochs=5',
+                   '--steps_per_epoch=2', '--warmup_epochs=0', '--noexport', f'--run_dir={run_dir}')
+  with open(run_dir / 'history.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert [row['epoch'] for row in rows] == ['0', '1', '2', '3', '4']
+  assert all(row['val_accuracy'] for row in rows), rows

@@ -173,19 +173,52 @@ def num_examples(ds) -> int:
   return size
 
 
-def batched(ds: tf.data.Dataset, batch_size: int, *, training: bool, seed: int = 0,
-            cache: bool = True) -> tf.data.Dataset:
-  """Caches the uint8 examples, then shuffles (training only), batches and prefetches.
+def in_memory(ds: tf.data.Dataset) -> Tuple[tf.Tensor, tf.Tensor]:
+  """All of `ds` as two tensors: uint8 images [N, H, W, C] and int64 labels [N].
 
-  Training batches repeat forever and drop the remainder, so every step has the
-  global batch; `fit` counts epochs with steps_per_epoch.
+  Read in one complete pass, so nothing can keep a partial copy. (`ds.cache()` could: an
+  iterator that stopped early on a cached tfds dataset, such as `take(1)` or fit's
+  validation_steps, sometimes left the cache marked complete with only what prefetching
+  had read, and every later pass of that dataset was truncated.) The uint8 examples of
+  a small dataset are small: MNIST's 60,000 training digits are 47 MB.
   """
-  if cache:
-    ds = ds.cache()
-  if training:
-    # A full-size buffer is a true shuffle and cheap here: MNIST's 48,000 uint8 images are 38 MB.
-    ds = ds.shuffle(num_examples(ds), seed=seed, reshuffle_each_iteration=True).repeat()
-  ds = ds.batch(batch_size, drop_remainder=training)
+  return tf.data.Dataset.get_single_element(ds.batch(num_examples(ds)))
+
+
+def training_batches(ds: tf.data.Dataset, batch_size: int, *, seed: int = 0,
+                     first_step: int = 0) -> tf.data.Dataset:
+  """Shuffled full batches, forever, starting at batch `first_step`.
+
+  Example n of the stream is a pure function of (seed, n): pass p = n // size over `ds`
+  is the permutation of (seed, p). So a run resumed at step k trains on exactly the
+  batches an uninterrupted run trains on from step k, and no epoch repeats another's order.
+  """
+  images, labels = in_memory(ds)
+  size = num_examples(ds)
+
+  def example(n):
+    position = tf.random.experimental.index_shuffle(
+        n % size, tf.stack([tf.constant(seed, tf.int64), n // size]), tf.constant(size - 1, tf.int64))
+    return tf.gather(images, position), tf.gather(labels, position)
+
+  stream = tf.data.Dataset.range(first_step * batch_size, tf.int64.max)
+  stream = stream.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return _distributable(stream.batch(batch_size, drop_remainder=True))
+
+
+def evaluation_batches(ds: tf.data.Dataset, batch_size: int,
+                       max_batches: int = 0) -> tf.data.Dataset:
+  """`ds` in order, in batches (the last one partial); only the first `max_batches` if set.
+
+  A dataset of known length: `fit` and `evaluate` take its cardinality as their steps.
+  """
+  batches = tf.data.Dataset.from_tensor_slices(in_memory(ds)).batch(batch_size)
+  if max_batches:
+    batches = batches.take(max_batches)
+  return _distributable(batches)
+
+
+def _distributable(ds):
   options = tf.data.Options()
   # Shard by element: MNIST's train split is a single file, and sharding by file
   # would leave all but one worker without data.

@@ -70,7 +70,7 @@ def evaluate_run(run_dir: str) -> Evaluation:
   model = runs.load_best_model(run_dir)  # first: a run without a checkpoint fails before loading data
   splits = data.load_splits(config.dataset, config.data_dir, config.validation_split,
                             config.download)
-  test_batches = data.batched(splits.test, config.batch_size, training=False, cache=False)
+  test_batches = data.evaluation_batches(splits.test, config.batch_size)
   evaluation = evaluate(model, test_batches, splits.num_classes)
   report = format_report(evaluation, splits.class_names)
   print(report)

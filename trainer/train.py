@@ -20,6 +20,7 @@ Everything a run writes lands in its run folder:
 import csv
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import List, Optional
@@ -28,6 +29,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from trainer import data, distribution, export, weights
+from trainer.errors import UserError
 from trainer.keras_lib import keras
 from trainer.model import ModelConfig, backbone_of, build_model, preprocessing_model, \
   set_backbone_trainable
@@ -97,11 +99,9 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
         f'precision {keras.mixed_precision.global_policy().name}')
 
   # ---- Input pipeline: uint8 batches at the stored size.
-  train_ds = data.batched(splits.train, config.batch_size, training=True, seed=config.seed)
-  validation_ds = data.batched(splits.validation, config.batch_size, training=False)
-  test_ds = data.batched(splits.test, config.batch_size, training=False)
+  validation_ds = data.evaluation_batches(splits.validation, config.batch_size, config.eval_steps)
+  test_ds = data.evaluation_batches(splits.test, config.batch_size, config.eval_steps)
   steps = config.steps_per_epoch or data.steps_per_epoch(splits.train, config.batch_size)
-  eval_steps = config.eval_steps or None
 
   # ---- Model, with the pretrained backbone.
   with strategy.scope():
@@ -113,7 +113,7 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
   with distribution.OutputDir(config.run_dir, chief) as out:
     export.write_dataset_info(out, splits)
     log_dir = os.path.join(out, 'logs')
-    log_preprocessed_images(model, validation_ds, log_dir)
+    log_preprocessed_images(model, splits.validation, log_dir)
 
     # ---- Train, stage by stage.
     stages = plan_stages(config)
@@ -130,9 +130,12 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
         compile_for_stage(model, stage, config, steps, splits.num_classes)
       print(f'Stage {stage.name}: epochs {stage.initial_epoch + 1}-{stage.epochs}, '
             f'backbone {"training" if stage.backbone_trainable else "frozen"}')
+      # A pipeline of its own for each stage, starting where the stage starts in the stream.
+      train_ds = data.training_batches(splits.train, config.batch_size, seed=config.seed,
+                                       first_step=stage.initial_epoch * steps)
       model.fit(train_ds, epochs=stage.epochs, initial_epoch=stage.initial_epoch,
                 steps_per_epoch=steps, validation_data=validation_ds,
-                validation_steps=eval_steps, verbose=2,
+                validation_steps=data.num_examples(validation_ds), verbose=2,
                 callbacks=callbacks(config, out, log_dir, stage, steps))
       model.save_weights(finished if chief else os.path.join(out, 'after_stage'))
       # The workers go on to read what the chief just wrote (the best checkpoint, the
@@ -146,7 +149,7 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
       compile_for_stage(model, stages[-1], config, steps, splits.num_classes)
     # expect_partial: the checkpoint's optimizer state is not needed to evaluate.
     model.load_weights(os.path.join(config.run_dir, BEST_CHECKPOINT)).expect_partial()
-    results = model.evaluate(test_ds, steps=eval_steps, return_dict=True, verbose=0)
+    results = model.evaluate(test_ds, return_dict=True, verbose=0)
     metrics = {'test_loss': results['crossentropy'], 'test_accuracy': results['accuracy'],
                'test_objective': results['loss']}
     print(f'Test loss : {metrics["test_loss"]:.5f}')
@@ -205,6 +208,8 @@ def callbacks(config: TrainConfig, out: str, log_dir: str, stage: Stage, steps_p
   # At an epoch's end they run in this order; the order matters when a run is killed.
   return [
       EpochScalars(stage, config.batch_size * steps_per_epoch),  # first: it adds to the logs
+      # Before anything is written for an epoch that cannot be trusted.
+      StopOnBadEpoch(),
       keras.callbacks.ModelCheckpoint(
           os.path.join(out, BEST_CHECKPOINT), monitor='val_accuracy', mode='max',
           save_best_only=True, save_weights_only=True,
@@ -218,6 +223,31 @@ def callbacks(config: TrainConfig, out: str, log_dir: str, stage: Stage, steps_p
       # so that an epoch counts as done only once its checkpoint and history are written.
       keras.callbacks.BackupAndRestore(os.path.join(config.run_dir, 'backup', stage.name)),
   ]
+
+
+class StopOnBadEpoch(keras.callbacks.Callback):
+  """Ends training with one line at the first non-finite loss, or at an epoch without
+  validation metrics, before a checkpoint or the history records it."""
+
+  def __init__(self):
+    super().__init__()
+    self.epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get('loss')
+    if loss is not None and not math.isfinite(loss):
+      raise UserError(f'the training loss became {loss} at epoch {self.epoch + 1}, step '
+                      f'{batch + 1}: training diverged; start a new run with a lower '
+                      '--learning_rate (the checkpoints of earlier epochs are kept)')
+
+  def on_epoch_end(self, epoch, logs=None):
+    if 'val_accuracy' not in (logs or {}):
+      raise UserError(f'epoch {epoch + 1} ended without validation metrics, so its '
+                      'checkpoint could not be chosen; check that the validation split is not '
+                      'empty (--validation_split, --eval_steps)')
 
 
 def best_validation_accuracy(run_dir):
@@ -266,8 +296,8 @@ def log_hparams(log_dir, config: TrainConfig, metrics: dict, replicas: int):
 
 
 def log_preprocessed_images(model, dataset, log_dir):
-  """A few images as the backbone receives them, rescaled per image to [0, 1] for display."""
-  images, _ = next(iter(dataset.take(1)))
+  """The first images of the unbatched `dataset` as the backbone receives them, rescaled per image to [0, 1] for display."""
+  images, _ = next(iter(dataset.take(NUM_LOGGED_IMAGES).batch(NUM_LOGGED_IMAGES)))
   seen = preprocessing_model(model)(images[:NUM_LOGGED_IMAGES], training=False)
   low = tf.reduce_min(seen, axis=[1, 2, 3], keepdims=True)
   high = tf.reduce_max(seen, axis=[1, 2, 3], keepdims=True)
