@@ -89,6 +89,38 @@ def test_16_bit_images_are_rescaled_to_8_bits(tmp_path, extension, image_shape):
   assert np.abs(from_16_bits.astype(int) - from_8_bits).max() <= 1
 
 
+def save_ink_on_transparency(path, mode, ink):
+  """The 7 in gray `ink` on a transparent background that hides (nearly) the ink's colour.
+
+  An alpha channel hides the ink's own colour, as drawing programs store it; a
+  transparent key colour (PNG's tRNS in L and I;16) must differ from the ink, by one.
+  Read without its transparency, the image is one flat colour.
+  """
+  if mode in ('L', 'I;16'):
+    hidden = abs(ink - 1)
+    scale = 257 if mode == 'I;16' else 1
+    pixels = np.asarray(draw_seven(ink=ink, paper=hidden), np.uint16) * scale
+    Image.fromarray(pixels.astype(np.uint8 if mode == 'L' else np.uint16)).save(
+        path, transparency=hidden * scale)
+  else:
+    image = Image.new('L', draw_seven().size, ink)
+    image.putalpha(draw_seven(ink=255, paper=0))
+    image.convert(mode).save(path)
+
+
+@pytest.mark.parametrize('image_shape', [MNIST_SHAPE, RGB_SHAPE])
+@pytest.mark.parametrize('ink', [0, 255])
+@pytest.mark.parametrize('mode', ['LA', 'RGBA', 'L', 'I;16'])
+def test_transparency_becomes_the_background_the_ink_is_not(tmp_path, mode, ink, image_shape):
+  save_ink_on_transparency(tmp_path / 'transparent.png', mode, ink)
+  assert Image.open(tmp_path / 'transparent.png').mode == mode
+  draw_seven(ink=ink, paper=255 - ink).save(tmp_path / 'opaque.png')
+
+  from_transparency = model_input(tmp_path / 'transparent.png', image_shape)
+  from_opaque = model_input(tmp_path / 'opaque.png', image_shape)
+  assert np.abs(from_transparency.astype(int) - from_opaque).max() <= 1
+
+
 def test_predict_prints_a_class_and_probability_per_file(export_dir, digit_files):
   paths = list(digit_files.values())
   predictions = predict.predict_files(export_dir, paths)

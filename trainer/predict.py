@@ -66,14 +66,19 @@ def _to_8_bits(image: Image.Image) -> Image.Image:
   """
   if not image.mode.startswith('I;16'):
     return image
-  eight_bits = np.round(np.asarray(image) / 257).astype(np.uint8)  # 257 = 65535 / 255
-  return Image.fromarray(eight_bits)
+  pixels = np.asarray(image)
+  eight_bits = Image.fromarray(np.round(pixels / 257).astype(np.uint8))  # 257 = 65535 / 255
+  if 'transparency' in image.info:
+    # The key colour becomes an alpha channel: at 8 bits, other grays would round onto it.
+    key = image.info['transparency']
+    eight_bits.putalpha(Image.fromarray(np.where(pixels == key, 0, 255).astype(np.uint8)))
+  return eight_bits
 
 
 def to_model_input(image: Image.Image, image_shape, invert: str = 'auto') -> np.ndarray:
   """`image` as the dataset stores its images: uint8 (H, W, C), the model's input."""
   height, width, channels = image_shape
-  image = image.convert('L' if channels == 1 else 'RGB')
+  image = _flatten_transparency(image).convert('L' if channels == 1 else 'RGB')
   if should_invert(image, invert):
     image = ImageOps.invert(image)
   if channels == 1:
@@ -84,6 +89,24 @@ def to_model_input(image: Image.Image, image_shape, invert: str = 'auto') -> np.
   image = ImageOps.pad(image, (width, height), method=Image.Resampling.BICUBIC,
                        color=_border_color(image))
   return np.asarray(image, np.uint8).reshape(height, width, channels)
+
+
+def _flatten_transparency(image: Image.Image) -> Image.Image:
+  """Transparent pixels become the background: black under light ink, white under dark.
+
+  Dropping the transparency instead shows the colour transparent pixels hide,
+  often the ink's own, and the stroke vanishes.
+  """
+  if not image.has_transparency_data:
+    return image
+  image = image.convert('RGBA')
+  opacity = np.asarray(image.getchannel('A'), np.float32)
+  brightness = np.asarray(image.convert('L'), np.float32)
+  # The ink is what is opaque (max: a fully transparent image has none, and lands on white).
+  ink = (brightness * opacity).sum() / max(opacity.sum(), 1)
+  background = 0 if ink >= 128 else 255
+  paper = Image.new('RGBA', image.size, (background, background, background, 255))
+  return Image.alpha_composite(paper, image).convert('RGB')
 
 
 def should_invert(image: Image.Image, invert: str) -> bool:
