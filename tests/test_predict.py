@@ -163,6 +163,15 @@ def test_bad_inputs_are_refused(export_dir, digit_files, tmp_path):
     predict.predict_files(other_saved_model, [good])
 
 
+@pytest.mark.parametrize('dtype, mode', [(np.float32, 'F'), (np.int32, 'I')])
+def test_pixels_without_a_known_white_level_are_refused(tmp_path, dtype, mode):
+  path = tmp_path / 'seven.tif'
+  Image.fromarray((np.asarray(draw_seven()) / 255).astype(dtype)).save(path)  # white is 1
+  assert Image.open(path).mode == mode
+  with pytest.raises(UserError, match='white level'):
+    predict.read_image(str(path))
+
+
 def test_bad_inputs_on_the_command_line_end_in_one_line(export_dir, digit_files, tmp_path):
   not_an_image = tmp_path / 'notes.png'
   not_an_image.write_text('not pixels')

@@ -30,6 +30,10 @@ from trainer.export import SIGNATURE
 INVERT_CHOICES = ('auto', 'yes', 'no')
 BATCH_SIZE = 64
 BORDER = 0.1  # the outer tenth of each side counts as the border
+# Pixels whose white level the file does not record: image editors write 1.0, numpy
+# arrays 255, widened 16-bit data 65535, scientific cameras physical units. Any guess
+# would give a confident wrong answer, so these are refused.
+WHITE_LEVEL_UNKNOWN = {'F': 'floating-point', 'I': '32-bit or signed integer'}
 
 
 def load_signature(model_dir: str):
@@ -55,6 +59,9 @@ def read_image(path: str) -> Image.Image:
     image.load()  # decode now, so a broken file fails here rather than later
   except (UnidentifiedImageError, OSError) as e:
     raise UserError(f'{path} is not a readable image ({e}); give PNG or JPEG files') from None
+  if image.mode in WHITE_LEVEL_UNKNOWN:
+    raise UserError(f'{path} has {WHITE_LEVEL_UNKNOWN[image.mode]} pixels, whose white level '
+                    'the file does not record; save it as an 8- or 16-bit PNG')
   # Phone photos are often stored sideways with an EXIF note saying how to turn them.
   return _to_8_bits(ImageOps.exif_transpose(image))
 
