@@ -1,5 +1,6 @@
 """The launch scripts: a real two-worker run with launch/local.sh, and what ssh.sh and
 gce.sh would run (their --dry-run), since this machine has no SSH hosts or cloud."""
+import configparser
 import glob
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 
 import pytest
 
@@ -224,6 +226,75 @@ def test_gce_worker_scripts_quote_what_they_pass_on(tmp_path):
     assert json.loads(config)['task'] == {'type': 'worker', 'index': index}
     assert argv == ['-m', 'trainer.main', '--num_gpus=0', *flags]
   assert not (tmp_path / 'pwned').exists()
+
+
+# ---- The container image: no Docker daemon here, so what it is built from and runs
+
+def dockerfile():
+  """The Dockerfile's instructions as (INSTRUCTION, arguments) pairs."""
+  with open(os.path.join(ROOT, 'Dockerfile')) as f:
+    text = f.read().replace('\\\n', ' ')
+  lines = [line.strip() for line in text.splitlines()]
+  return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith('#')]
+
+
+def setup_cfg():
+  config = configparser.ConfigParser()
+  config.read(os.path.join(ROOT, 'setup.cfg'))
+  return config
+
+
+def test_the_image_runs_the_documented_command_on_tensorflow_s_image_of_the_pinned_version():
+  instructions = dockerfile()
+  assert ('ENTRYPOINT', '["python", "-m", "trainer.main"]') in instructions
+  base = dict(i[1].split('=', 1) for i in instructions if i[0] == 'ARG')['BASE_IMAGE']
+  assert ('FROM', '${BASE_IMAGE}') in instructions
+  pin = re.search(r'^tensorflow==(\S+)\.\*$', setup_cfg()['options']['install_requires'], re.M)
+  assert re.fullmatch(rf'tensorflow/tensorflow:{re.escape(pin[1])}\.\d+-gpu', base), base
+
+
+def test_the_image_installs_the_package_the_cpu_install_does(tmp_path):
+  """A wheel built from only what the Dockerfile copies holds every module of trainer/ and
+  the package's requirements, and pip installs it with extras that setup.cfg defines."""
+  instructions = dockerfile()
+  copied = [path for i in instructions if i[0] == 'COPY' for path in i[1].split()[:-1]]
+  context = tmp_path / 'context'
+  for path in copied:
+    source = os.path.join(ROOT, path)
+    if os.path.isdir(source):
+      shutil.copytree(source, context / path, ignore=shutil.ignore_patterns('__pycache__'))
+    else:
+      context.mkdir(exist_ok=True)
+      shutil.copy(source, context / path)
+  # Nothing the image needs is left out of the build context.
+  with open(os.path.join(ROOT, '.dockerignore')) as f:
+    ignored = {line.strip().rstrip('/') for line in f if line.strip() and line[0] != '#'}
+  assert not ignored & {path.rstrip('/') for path in copied}
+  assert {'.git', 'runs', 'logs'} <= ignored
+
+  installs = [i[1] for i in instructions if i[0] == 'RUN' and 'pip install' in i[1]]
+  assert len(installs) == 1
+  target = shlex.split(installs[0])[-1]
+  extras = re.fullmatch(r'\.\[([-a-z,]+)\]', target)[1].split(',')
+  assert set(extras) <= set(setup_cfg()['options.extras_require'])
+
+  subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation',
+                  f'--wheel-dir={tmp_path}', '.'], cwd=context, check=True, capture_output=True)
+  wheel, = glob.glob(str(tmp_path / '*.whl'))
+  with zipfile.ZipFile(wheel) as z:
+    names = z.namelist()
+    metadata = z.read(next(n for n in names if n.endswith('/METADATA'))).decode()
+  modules = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'trainer', '*.py'))}
+  assert {n for n in names if n.startswith('trainer/')} == modules
+  required = {_project(line) for line in setup_cfg()['options']['install_requires'].splitlines()
+              if line and not line.startswith('#')}
+  assert {_project(line[len('Requires-Dist: '):]) for line in metadata.splitlines()
+          if line.startswith('Requires-Dist: ') and 'extra ==' not in line} == required
+
+
+def _project(requirement):
+  """A requirement's project name, normalised as pip compares them."""
+  return re.sub(r'[-_.]+', '-', re.match(r'[\w.-]+', requirement)[0]).lower()
 
 
 # ---- All three
