@@ -163,6 +163,20 @@ def test_bad_inputs_are_refused(export_dir, digit_files, tmp_path):
     predict.predict_files(other_saved_model, [good])
 
 
+def test_a_folder_is_refused(tmp_path):
+  with pytest.raises(UserError, match='is a folder'):
+    predict.read_image(str(tmp_path))
+
+
+@pytest.mark.parametrize('limit', [10799, 5399])  # Pillow warns over its limit, raises over 2x
+def test_an_image_over_the_decompression_bomb_limit_is_refused(tmp_path, monkeypatch, limit):
+  path = str(tmp_path / 'seven.png')
+  draw_seven().save(path)  # 90x120: 10,800 pixels
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', limit)
+  with pytest.raises(UserError, match='too large'):
+    predict.read_image(path)
+
+
 @pytest.mark.parametrize('dtype, mode', [(np.float32, 'F'), (np.int32, 'I')])
 def test_pixels_without_a_known_white_level_are_refused(tmp_path, dtype, mode):
   path = tmp_path / 'seven.tif'
@@ -177,6 +191,7 @@ def test_bad_inputs_on_the_command_line_end_in_one_line(export_dir, digit_files,
   not_an_image.write_text('not pixels')
   good = digit_files['light_on_dark.png']
   for model, image, problem in [(export_dir, str(not_an_image), 'is not a readable image'),
+                                (export_dir, str(tmp_path), 'is a folder'),
                                 (str(tmp_path), good, 'is not a SavedModel')]:
     result = run_command('-m', 'trainer.predict', f'--model={model}', image)
     assert result.returncode == 1

@@ -3,10 +3,13 @@
   python -m trainer.predict --model=runs/NAME/export digit.png photo.jpg
   python -m trainer.predict --model=runs/NAME/export --json *.png
 
-Each file (PNG, JPEG or anything else Pillow reads, of any size) is turned into
+Each file (PNG, JPEG or anything else Pillow reads, at 8 or 16 bits a channel,
+up to Pillow's decompression-bomb limit of about 89 megapixels) is turned into
 the dataset's format before the model sees it: gray or RGB as the model takes,
 scaled to fit its input (28x28 for MNIST) with the aspect kept, and padded with
-the background.
+the background. Transparent pixels become the background the ink is not: white
+under dark ink, black under light. Float and 32-bit images are refused: their
+files do not record which value is white.
 
 Photos of handwriting: MNIST stores light strokes on a black background, the
 opposite of ink on paper. --invert=auto (the default) inverts a gray image whose
@@ -16,6 +19,7 @@ black-to-white range. Crop a photo close to the digit: MNIST digits fill about
 """
 import json
 import os
+import warnings
 from typing import List, Sequence
 
 import numpy as np
@@ -52,11 +56,21 @@ def load_signature(model_dir: str):
 
 def read_image(path: str) -> Image.Image:
   """The image in `path`, upright, at 8 bits a channel."""
+  if os.path.isdir(path):
+    raise UserError(f'{path} is a folder, not an image; give the image files in it, e.g. '
+                    f'{os.path.join(path, "*.png")}')
   if not os.path.isfile(path):
     raise UserError(f'{path} does not exist; give paths of PNG or JPEG files')
   try:
-    image = Image.open(path)
-    image.load()  # decode now, so a broken file fails here rather than later
+    with warnings.catch_warnings():
+      # Pillow only warns between its limit and twice it, then decodes; no digit is that large.
+      warnings.simplefilter('error', Image.DecompressionBombWarning)
+      image = Image.open(path)
+      image.load()  # decode now, so a broken file fails here rather than later
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    raise UserError(f'{path} is too large: over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow\'s '
+                    'limit against decompression bombs; crop it close to the digit or '
+                    'shrink it') from None
   except (UnidentifiedImageError, OSError) as e:
     raise UserError(f'{path} is not a readable image ({e}); give PNG or JPEG files') from None
   if image.mode in WHITE_LEVEL_UNKNOWN:
