@@ -3,7 +3,10 @@ precision, and the bad hardware inputs a user can give.
 
 Multi-process runs (launch/local.sh) are in test_launch.py, preemption in test_resume.py.
 """
+import json
 import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -12,11 +15,12 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from conftest import train_with_flags
+from helpers import train_with_flags
 from trainer import data, distribution, main, train
 from trainer.errors import UserError
 from trainer.keras_lib import keras
-from trainer.model import ModelConfig, backbone_of, build_model
+from trainer.config import ModelConfig
+from trainer.model import backbone_of, build_model
 
 GLOBAL_BATCH = 8
 NUM_CLASSES = 10
@@ -39,7 +43,7 @@ def compile_transfer_stage(model):
   half batch by its own statistics, so a fine-tuned step legitimately differs from
   one device's; frozen, it uses the ImageNet statistics on every replica.
   """
-  config = train.TrainConfig(run_dir='unused', batch_size=GLOBAL_BATCH, warmup_epochs=0)
+  config = TrainConfig(run_dir='unused', batch_size=GLOBAL_BATCH, warmup_epochs=0)
   stage = train.Stage('transfer', 0, 1, backbone_trainable=False, learning_rate=0.1)
   train.compile_for_stage(model, stage, config, steps_per_epoch=1, num_classes=NUM_CLASSES)
 
@@ -116,7 +120,7 @@ def test_more_gpus_than_visible_lists_what_is_visible(tmp_path):
     ('{"cluster": ', 'TF_CONFIG is malformed'),
     ('{"cluster": {"worker": ["localhost:1"]}}', 'TF_CONFIG is malformed'),
     ('{"cluster": {"worker": "localhost:1"}, "task": {"type": "worker", "index": 0}}',
-     'is not in its cluster'),
+     'cluster.worker is not a list of "host:port" addresses'),
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}',
      'TF_CONFIG task worker:1 is not in its cluster'),
 ])
@@ -125,6 +129,104 @@ def test_a_malformed_tf_config_is_refused_before_any_worker_starts(tf_config, pr
   monkeypatch.setenv('TF_CONFIG', tf_config)
   with pytest.raises(UserError, match=problem):
     train_with_flags(f'--run_dir={tmp_path}')
+
+
+# The layouts launch/, Vertex AI and Kubeflow's TFJob write; all train under
+# MultiWorkerMirroredStrategy. Vertex AI adds "job" and "environment".
+@pytest.mark.parametrize('cluster, task', [
+    ({'worker': ['w0:2222', 'w1:2222']}, {'type': 'worker', 'index': 1}),
+    ({'chief': ['c:2222']}, {'type': 'chief', 'index': 0}),  # a one-replica Vertex AI job
+    ({'chief': ['c:2222'], 'worker': ['w0:2222', 'w1:2222']}, {'type': 'chief', 'index': 0}),
+    ({'chief': ['c:2222'], 'worker': ['w0:2222', 'w1:2222']}, {'type': 'worker', 'index': 1}),
+    ({'chief': ['c:2222'], 'worker': ['w0:2222'], 'evaluator': ['e:2222']},
+     {'type': 'worker', 'index': 0}),
+], ids=['workers', 'chief', 'chief+workers:chief', 'chief+workers:worker', 'with-evaluator'])
+def test_every_multi_worker_layout_is_accepted(cluster, task):
+  config = {'cluster': cluster, 'task': task, 'job': {'workerPoolSpecs': []},
+            'environment': 'cloud'}
+  assert distribution.parse_tf_config(json.dumps(config)) == config
+
+
+@pytest.mark.parametrize('cluster, task, problem', [
+    ({'workers': ['w0:2222']}, {'type': 'workers', 'index': 0},
+     "TF_CONFIG's cluster has workers tasks, which MultiWorkerMirroredStrategy does not use"),
+    ({'chief': ['c:2222'], 'ps': ['p:2222']}, {'type': 'chief', 'index': 0},
+     "TF_CONFIG's cluster has ps tasks"),
+    ({'chief': ['c0:2222', 'c1:2222']}, {'type': 'chief', 'index': 1},
+     "TF_CONFIG's cluster has 2 chiefs; keep one"),
+    ({'chief': 'c:2222'}, {'type': 'chief', 'index': 0},
+     "TF_CONFIG's cluster.chief is not a list"),
+    ({'chief': ['c:2222']}, {'type': 'worker', 'index': 0},
+     'TF_CONFIG task worker:0 is not in its cluster'),
+    ({'chief': ['c:2222']}, {'type': 'chief', 'index': 1},
+     'TF_CONFIG task chief:1 is not in its cluster'),
+    ({'chief': ['c:2222']}, {'type': 'evaluator', 'index': 0},
+     'TF_CONFIG makes this task an evaluator'),
+])
+def test_a_tf_config_typo_is_refused_in_one_line(cluster, task, problem):
+  with pytest.raises(UserError, match=re.escape(problem)) as refused:
+    distribution.parse_tf_config(json.dumps({'cluster': cluster, 'task': task}))
+  assert '\n' not in str(refused.value) and '; ' in str(refused.value)
+
+
+def _free_ports(count):
+  """`count` localhost ports free right now, held together so that they differ."""
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(('localhost', 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_a_chief_alone_is_a_one_replica_multi_worker_run_and_the_chief():
+  """A one-replica Vertex AI job: a cluster of one chief. In a process of its own, since
+  MultiWorkerMirroredStrategy starts a server that lives as long as the process."""
+  port, = _free_ports(1)
+  tf_config = json.dumps({'cluster': {'chief': [f'localhost:{port}']},
+                          'task': {'type': 'chief', 'index': 0}})
+  code = ('import tensorflow as tf; from trainer import distribution as d; s = d.make_strategy(0); '
+          'print(isinstance(s, tf.distribute.MultiWorkerMirroredStrategy), '
+          's.num_replicas_in_sync, d.is_chief(s))')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, 'TF_CONFIG': tf_config})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ['True', '1', 'True']
+
+
+@pytest.mark.slow
+def test_a_chief_and_a_worker_train_one_model_and_only_the_chief_writes(tmp_path):
+  """The layout of a two-replica Vertex AI job or a TFJob with a Chief and a Worker: two
+  processes here, on synthetic data at a tiny size."""
+  run_dir, worker_tmp = tmp_path / 'run', tmp_path / 'tmp'
+  worker_tmp.mkdir()
+  chief_port, worker_port = _free_ports(2)
+  cluster = {'chief': [f'localhost:{chief_port}'], 'worker': [f'localhost:{worker_port}']}
+  flags_ = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
+            '--epochs=1', '--steps_per_epoch=2', '--eval_steps=1', f'--run_dir={run_dir}']
+  processes = [
+      subprocess.Popen([sys.executable, '-m', 'trainer.main', *flags_],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       env={**os.environ, 'TMPDIR': str(worker_tmp), 'TF_CONFIG': json.dumps(
+                           {'cluster': cluster, 'task': {'type': task, 'index': 0}})})
+      for task in ('chief', 'worker')]
+  try:
+    outputs = [p.communicate(timeout=900)[0] for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  for p, out in zip(processes, outputs):
+    assert p.returncode == 0, out[-3000:]
+    assert '2 replica(s), global batch 8, 4 per replica, precision float32' in out
+  test_losses = [line for out in outputs for line in out.splitlines() if 'Test loss' in line]
+  assert len(test_losses) == 2 and test_losses[0] == test_losses[1], test_losses
+
+  assert (run_dir / 'metrics.json').exists()
+  assert (run_dir / 'export' / 'saved_model.pb').exists()
+  with open(run_dir / 'history.csv') as f:
+    assert len(f.read().splitlines()) == 1 + 1  # the chief's one epoch, not one per process
+  assert not list(worker_tmp.glob('worker_*'))  # the worker's throwaway folder is gone
 
 
 def test_a_multi_worker_run_needs_a_named_run_folder(monkeypatch):

@@ -16,7 +16,6 @@ import tensorflow as tf
 from trainer.errors import UserError
 from trainer.keras_lib import keras
 
-PRECISIONS = ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')
 # float16 tensor cores arrived with Volta (compute capability 7.0).
 MIN_FLOAT16_CAPABILITY = (7, 0)
 
@@ -43,17 +42,39 @@ def make_strategy(num_gpus: int, collective_timeout_s: float = 600) -> tf.distri
 
 
 def parse_tf_config(text: str) -> dict:
-  """Checks TF_CONFIG's shape so a typo fails here, not deep inside a collective."""
-  fix = ('set TF_CONFIG to {"cluster": {"worker": ["host:port", ...]}, '
-         '"task": {"type": "worker", "index": I}} or unset it')
+  """Checks TF_CONFIG's shape so a typo fails here, not deep inside a collective.
+
+  Accepts the layouts MultiWorkerMirroredStrategy trains with, as launch/, Vertex AI and
+  Kubeflow's TFJob write them: workers only (worker 0 is the chief), a chief only (a
+  one-replica Vertex AI job) or a chief and workers. Other keys (Vertex AI adds "job"
+  and "environment") and an evaluator in the cluster are allowed; an evaluator task is
+  not: this trainer evaluates on the training workers.
+  """
+  fix = ('set TF_CONFIG to {"cluster": {"chief": ["host:port"], "worker": ["host:port", ...]}, '
+         '"task": {"type": "chief" or "worker", "index": I}} (chief, worker or both) or unset it')
   try:
     config = json.loads(text)
-    workers = config['cluster']['worker']
+    cluster = dict(config['cluster'])
     task_type, index = config['task']['type'], int(config['task']['index'])
   except (ValueError, KeyError, TypeError) as e:
     raise UserError(f'TF_CONFIG is malformed ({type(e).__name__}: {e}); {fix}') from None
-  members = config['cluster'].get(task_type)
-  if not isinstance(workers, list) or not members or not 0 <= index < len(members):
+  unknown = sorted(set(cluster) - {'chief', 'worker', 'evaluator'})
+  if unknown:
+    raise UserError(f'TF_CONFIG\'s cluster has {", ".join(unknown)} tasks, which '
+                    'MultiWorkerMirroredStrategy does not use; drop them (parameter servers '
+                    f'are for another strategy) or fix the name; {fix}')
+  for job, addresses in cluster.items():
+    if not (isinstance(addresses, list) and addresses and
+            all(isinstance(address, str) for address in addresses)):
+      raise UserError(f'TF_CONFIG\'s cluster.{job} is not a list of "host:port" addresses; {fix}')
+  if len(cluster.get('chief', [])) > 1:
+    raise UserError(f'TF_CONFIG\'s cluster has {len(cluster["chief"])} chiefs; keep one and '
+                    'list the others under "worker"')
+  if task_type == 'evaluator':
+    raise UserError('TF_CONFIG makes this task an evaluator, but the trainer evaluates on the '
+                    'training workers; remove the evaluator (TFJob\'s Evaluator replicas, '
+                    'Vertex AI\'s worker pool 3)')
+  if task_type not in ('chief', 'worker') or not 0 <= index < len(cluster.get(task_type, [])):
     raise UserError(f'TF_CONFIG task {task_type}:{index} is not in its cluster; {fix}')
   return config
 
