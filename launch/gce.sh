@@ -56,17 +56,8 @@ Options (the defaults in brackets):
 EOF
 }
 
-DRY_RUN=false
 # The gcloud flags that say where the VMs are: --zone, and --project if given.
 WHERE=()
-# Runs a command, or with --dry-run prints it.
-run() {
-  if $DRY_RUN; then
-    print_command "$@"
-  else
-    "$@"
-  fi
-}
 
 main() {
   local command='' workers=2 name=densenet project='' zone=us-central1-a
@@ -101,7 +92,8 @@ main() {
     shift
   done
   [[ -n $command ]] || die "say what to do: create, train or delete; see --help"
-  [[ $command == train || $# == 0 ]] || die "trainer flags go only with train; drop them or say train"
+  [[ $command == train || $# == 0 ]] ||
+    die "trainer flags go only with train; drop them, or say train"
   check_value --workers "$workers" '^[1-9][0-9]{0,2}$' "a number of VMs; e.g. --workers=2"
   check_value --gpus "$gpus" '^[0-9]{1,2}$' "a number of GPUs per VM; e.g. --gpus=1"
   check_port --port "$port"
@@ -156,7 +148,8 @@ main() {
       ;;
     train)
       [[ " $* " == *" --run_dir=gs://"* ]] ||
-        die "train needs --run_dir=gs://BUCKET/runs/NAME among the trainer flags: the workers share it"
+        die "train needs --run_dir=gs://BUCKET/runs/NAME among the trainer flags;" \
+          "add it: the workers share that folder"
       start_workers "$port" "$gpus" "$log_dir" "${vms[@]}" -- "$@"
       ;;
     delete)
@@ -203,17 +196,6 @@ EOF
   printf '%q -m pip install --upgrade pip\n' "$VM_PYTHON"
   printf '%q -m pip install %q %q\n' "$VM_PYTHON" "$INSTALL" "$VM_EXTRAS"
   echo "touch $VM_ROOT/READY"
-}
-
-# Writes a file, or with --dry-run prints the command that would.
-write_file() {
-  local path=$1 text=$2
-  if $DRY_RUN; then
-    printf "mkdir -p %q && cat > %q <<'EOF'\n%s\nEOF\n" "$(dirname "$path")" "$path" "$text"
-  else
-    mkdir -p "$(dirname "$path")"
-    printf '%s\n' "$text" >"$path"
-  fi
 }
 
 # Starts `gcloud compute ssh` to every VM in the background and waits for them.

@@ -1,4 +1,4 @@
-# Shared by local.sh, ssh.sh and gce.sh (sourced, not run): TF_CONFIG, quoting, waiting.
+# Shared by the launch scripts (sourced, not run): TF_CONFIG, checks, quoting, waiting.
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # the *_PATTERN values are for the scripts that source it
 
@@ -39,9 +39,53 @@ GCLOUD_ID_PATTERN='^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'
 # A Google Cloud project ID, with the domain of a domain-scoped project if it has one.
 PROJECT_PATTERN='^([a-z][-a-z0-9.]*[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$'
 
+# A container image: [registry/]path[:tag][@sha256:digest].
+IMAGE_PATTERN='^[a-z0-9][-a-zA-Z0-9._/:]*(@sha256:[0-9a-f]{64})?$'
+# A Cloud Storage folder.
+GS_PATTERN='^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/[^[:cntrl:]]*)?$'
+
 check_port() {
   check_value "$1" "$2" '^[1-9][0-9]{0,4}$' "a port number; use 1 to 65535"
   (($2 <= 65535)) || die "$1=$2 is not a port number; use 1 to 65535"
+}
+
+# Dies if a trainer flag holds a control character: no flag needs one, and a newline
+# would end a line of a job file or a worker's script.
+check_trainer_flags() {
+  local flag
+  for flag in "$@"; do
+    [[ $flag != *[[:cntrl:]]* ]] ||
+      die "trainer flag $(printf %q "$flag") holds a control character; remove it"
+  done
+}
+
+# Whether a trainer flag among $2... starts with $1 (e.g. --run_dir=gs://).
+has_flag() {
+  local prefix=$1 flag
+  shift
+  for flag in "$@"; do
+    [[ $flag != "$prefix"* ]] || return 0
+  done
+  return 1
+}
+
+# $1 as a JSON string, which YAML reads the same way. Control characters are refused
+# before (check_value, check_trainer_flags), so only \ and " need escaping.
+json_string() {
+  local text=${1//\\/\\\\}
+  printf '"%s"' "${text//\"/\\\"}"
+}
+
+# Its arguments as a JSON list of strings, which YAML reads as a flow sequence.
+json_list() {
+  local first=true arg
+  printf '['
+  for arg in "$@"; do
+    $first || printf ', '
+    json_string "$arg"
+    first=false
+  done
+  printf ']'
 }
 
 # Prints its arguments as one shell command line, each quoted so it can be pasted back.
@@ -53,6 +97,29 @@ print_command() {
     first=false
   done
   printf '\n'
+}
+
+# --dry-run in gce.sh, vertex.sh and k8s.sh: print commands and files instead.
+DRY_RUN=false
+
+# Runs a command, or with --dry-run prints it.
+run() {
+  if $DRY_RUN; then
+    print_command "$@"
+  else
+    "$@"
+  fi
+}
+
+# Writes a file, or with --dry-run prints the command that would.
+write_file() {
+  local path=$1 text=$2
+  if $DRY_RUN; then
+    printf "mkdir -p %q && cat > %q <<'EOF'\n%s\nEOF\n" "$(dirname "$path")" "$path" "$text"
+  else
+    mkdir -p "$(dirname "$path")"
+    printf '%s\n' "$text" >"$path"
+  fi
 }
 
 # Background workers: their pids and names, filled in by the scripts.

@@ -1,5 +1,6 @@
-"""The launch scripts: a real two-worker run with launch/local.sh, and what ssh.sh and
-gce.sh would run (their --dry-run), since this machine has no SSH hosts or cloud."""
+"""The launch scripts: a real two-worker run with launch/local.sh, and what ssh.sh, gce.sh,
+vertex.sh and k8s.sh would run (their --dry-run), since this machine has no SSH hosts, cloud,
+cluster or Docker daemon; and what the Dockerfile builds."""
 import configparser
 import glob
 import json
@@ -13,9 +14,11 @@ import time
 import zipfile
 
 import pytest
+import yaml
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-SCRIPTS = ['launch/local.sh', 'launch/ssh.sh', 'launch/gce.sh']
+SCRIPTS = ['launch/local.sh', 'launch/ssh.sh', 'launch/gce.sh', 'launch/vertex.sh',
+           'launch/k8s.sh']
 # The smallest real run: mock tfds data does not cross processes, synthetic data does.
 TINY_RUN = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
             '--epochs=1', '--steps_per_epoch=2', '--eval_steps=1']
@@ -228,6 +231,88 @@ def test_gce_worker_scripts_quote_what_they_pass_on(tmp_path):
   assert not (tmp_path / 'pwned').exists()
 
 
+# ---- launch/vertex.sh and launch/k8s.sh: the job files they write, and the command
+
+# Flags that would break a shell line, a YAML scalar or gcloud's comma-separated lists.
+AWKWARD_FLAGS = ["--run_name=it's", '--note=a, b: {c}', '--path=C:\\x "y" $(z)']
+
+
+def written_file_and_command(dry_run_output):
+  """The file a dry run would write, parsed as YAML, and the command it would run after."""
+  files = re.findall(r"<<'EOF'\n(.*?)\nEOF\n", dry_run_output, re.S)
+  assert len(files) == 1, dry_run_output
+  return yaml.safe_load(files[0]), shlex.split(dry_run_output.strip().splitlines()[-1])
+
+
+def test_vertex_dry_run_puts_the_chief_in_pool_0_and_the_other_replicas_in_pool_1(tmp_path):
+  image = 'us-central1-docker.pkg.dev/proj/repo/densenet:1'
+  result = launch('launch/vertex.sh', '--dry-run', f'--image={image}', '--replicas=3',
+                  '--gpus=2', '--accelerator=NVIDIA_L4', '--machine_type=g2-standard-24',
+                  '--output_dir=gs://bucket/runs/a', '--project=my-project', '--name=mnist',
+                  f'--log_dir={tmp_path}', '--', *AWKWARD_FLAGS)
+  assert result.returncode == 0, result.stderr
+  spec, command = written_file_and_command(result.stdout)
+  pool = {'machineSpec': {'machineType': 'g2-standard-24', 'acceleratorType': 'NVIDIA_L4',
+                          'acceleratorCount': 2},
+          'containerSpec': {'imageUri': image, 'args': ['--num_gpus=2', *AWKWARD_FLAGS]}}
+  assert spec == {'workerPoolSpecs': [{**pool, 'replicaCount': 1}, {**pool, 'replicaCount': 2}],
+                  'baseOutputDirectory': {'outputUriPrefix': 'gs://bucket/runs/a'}}
+  assert command == ['gcloud', 'ai', 'custom-jobs', 'create', '--region=us-central1',
+                     '--display-name=mnist', f'--config={tmp_path}/job.yaml',
+                     '--project=my-project']
+  assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_vertex_one_replica_is_a_chief_alone(tmp_path):
+  result = launch('launch/vertex.sh', '--dry-run', '--image=gcr.io/proj/densenet', '--gpus=0',
+                  f'--log_dir={tmp_path}', '--', '--run_dir=gs://bucket/runs/a')
+  assert result.returncode == 0, result.stderr
+  spec, _ = written_file_and_command(result.stdout)
+  assert spec == {'workerPoolSpecs': [{
+      'machineSpec': {'machineType': 'n1-standard-8'}, 'replicaCount': 1,
+      'containerSpec': {'imageUri': 'gcr.io/proj/densenet',
+                        'args': ['--num_gpus=0', '--run_dir=gs://bucket/runs/a']}}]}
+
+
+def test_k8s_dry_run_renders_a_tfjob_of_a_chief_and_workers(tmp_path):
+  result = launch('launch/k8s.sh', '--dry-run', '--image=registry.example/densenet:1',
+                  '--replicas=3', '--gpus=2', '--name=mnist', '--namespace=ml',
+                  '--pvc=shared-runs', '--service_account=trainer', f'--log_dir={tmp_path}', '--',
+                  '--run_dir=/runs/a', *AWKWARD_FLAGS)
+  assert result.returncode == 0, result.stderr
+  job, command = written_file_and_command(result.stdout)
+  assert command == ['kubectl', 'create', '-f', f'{tmp_path}/tfjob.yaml']
+  # What the TFJob schema requires, and what this job asks for.
+  assert (job['apiVersion'], job['kind']) == ('kubeflow.org/v1', 'TFJob')
+  assert job['metadata'] == {'name': 'mnist', 'namespace': 'ml'}
+  replicas = job['spec']['tfReplicaSpecs']
+  assert {kind: spec['replicas'] for kind, spec in replicas.items()} == {'Chief': 1, 'Worker': 2}
+  for spec in replicas.values():
+    assert spec['restartPolicy'] == 'OnFailure'
+    pod = spec['template']['spec']
+    assert pod['serviceAccountName'] == 'trainer'
+    assert pod['volumes'] == [{'name': 'runs',
+                               'persistentVolumeClaim': {'claimName': 'shared-runs'}}]
+    container, = pod['containers']
+    assert container == {
+        'name': 'tensorflow', 'image': 'registry.example/densenet:1',
+        'args': ['--num_gpus=2', '--run_dir=/runs/a', *AWKWARD_FLAGS],
+        'resources': {'limits': {'nvidia.com/gpu': 2}},
+        'volumeMounts': [{'name': 'runs', 'mountPath': '/runs'}]}
+  assert not list(tmp_path.iterdir())
+
+
+def test_k8s_one_pod_is_a_chief_alone_on_the_cpu(tmp_path):
+  result = launch('launch/k8s.sh', '--dry-run', '--image=densenet', '--replicas=1', '--gpus=0',
+                  f'--log_dir={tmp_path}', '--', '--run_dir=gs://bucket/runs/a')
+  assert result.returncode == 0, result.stderr
+  job, _ = written_file_and_command(result.stdout)
+  assert list(job['spec']['tfReplicaSpecs']) == ['Chief']
+  assert job['spec']['tfReplicaSpecs']['Chief']['template']['spec'] == {'containers': [{
+      'name': 'tensorflow', 'image': 'densenet',
+      'args': ['--num_gpus=0', '--run_dir=gs://bucket/runs/a']}]}
+
+
 # ---- The container image: no Docker daemon here, so what it is built from and runs
 
 def dockerfile():
@@ -312,11 +397,28 @@ def test_help(script):
     ('launch/gce.sh', ['--', '--epochs=1'], 'say what to do: create, train or delete'),
     ('launch/gce.sh', ['train', '--', '--run_dir=runs/local'], 'train needs --run_dir=gs://'),
     ('launch/gce.sh', ['create'], 'create needs --staging=gs://'),
+    ('launch/vertex.sh', ['--', '--run_dir=gs://bucket/a'], 'give the image'),
+    ('launch/vertex.sh', ['--image=a b', '--output_dir=gs://bucket/a'], '--image=a\\ b is not'),
+    ('launch/vertex.sh', ['--image=x', '--', '--run_dir=runs/a'], 'needs a Cloud Storage folder'),
+    ('launch/vertex.sh', ['--image=x', '--accelerator=nvidia-tesla-t4',
+                      '--output_dir=gs://bucket/a'],
+     '--accelerator=nvidia-tesla-t4 is not a Vertex AI GPU type'),
+    ('launch/vertex.sh', ['--image=x', '--output_dir=gs://bucket/a', '--', '--x=a\nb'],
+     "trainer flag $'--x=a\\nb' holds a control character"),
+    ('launch/k8s.sh', ['--', '--run_dir=gs://bucket/a'], 'give the image'),
+    ('launch/k8s.sh', ['--image=x', '--', '--run_dir=/runs/a'], 'need a run folder they all see'),
+    ('launch/k8s.sh', ['--image=x', '--name=Mnist_1', '--', '--run_dir=gs://bucket/a'],
+     '--name=Mnist_1 is not a TFJob name'),
+    ('launch/k8s.sh', ['--image=x', '--pvc=a"b: c', '--', '--run_dir=/runs/a'],
+     '--pvc=a\\"b:\\ c is not a PersistentVolumeClaim name'),
+    ('launch/k8s.sh', ['--image=x', '--replicas=0', '--', '--run_dir=gs://bucket/a'],
+     '--replicas=0 is not a number of pods'),
 ])
 def test_bad_arguments_end_in_one_line(script, args, expected):
   result = launch(script, '--dry-run', *args)
   assert result.returncode == 2
   assert result.stderr.strip().startswith('error: ') and expected in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(not shutil.which('shellcheck'), reason='shellcheck is not installed')
