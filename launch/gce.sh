@@ -169,6 +169,8 @@ stage_package() {
   fi
   [[ $staging == gs://* ]] ||
     die "create needs --staging=gs://BUCKET/DIR for the wheel of this checkout, or --package=SPEC"
+  check_value --staging "$staging" "$GS_PATTERN" \
+    "a Cloud Storage folder; e.g. --staging=gs://BUCKET/staging"
   local version wheel
   version=$(sed -n 's/^version *= *//p' "$REPO/setup.cfg")
   wheel="densenet_finetune-$version-py3-none-any.whl"

@@ -50,7 +50,7 @@ check_port() {
 }
 
 # Dies if a trainer flag holds a control character: no flag needs one, and a newline
-# would end a line of a job file or a worker's script.
+# would end a line of a job file.
 check_trainer_flags() {
   local flag
   for flag in "$@"; do

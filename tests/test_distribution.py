@@ -218,7 +218,7 @@ def test_a_chief_and_a_worker_train_one_model_and_only_the_chief_writes(tmp_path
       p.kill()
   for p, out in zip(processes, outputs):
     assert p.returncode == 0, out[-3000:]
-    assert '2 replica(s), global batch 8, 4 per replica, precision float32' in out
+    assert '2 replica(s)' in out  # both in one strategy
   test_losses = [line for out in outputs for line in out.splitlines() if 'Test loss' in line]
   assert len(test_losses) == 2 and test_losses[0] == test_losses[1], test_losses
 
