@@ -110,6 +110,7 @@ def train_main(p):
   With `start_up_only`, only trainer.main's run, for its time to the first finished step.
   """
   from absl import flags  # pylint: disable=import-outside-toplevel
+
   from trainer import main  # pylint: disable=import-outside-toplevel  (defines the flags)
 
   batch_size, warmup, timed = p['batch_size'], p['warmup_steps'], p['timed_steps']

@@ -37,7 +37,7 @@ def run_child(module, args, log_path, timeout_s=3600):
                           stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout_s,
                           check=False)
     log.write(proc.stdout)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_MARKER)]
+  lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
   if proc.returncode != 0 or not lines:
     with open(log_path) as f:
       tail = ''.join(f.readlines()[-25:])
@@ -84,7 +84,7 @@ def machine_description():
   cpu = platform.processor() or platform.machine()
   try:
     with open('/proc/cpuinfo') as f:
-      names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
     cpu = names[0] if names else cpu
   except OSError:
     pass

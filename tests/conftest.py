@@ -1,9 +1,7 @@
 """Shared fixtures. DenseNet121 takes ~30 s to build and step on a 2-core CPU, so the
 expensive things (a weights file, a finished tiny run) are built once per session."""
 import os
-import struct
 
-import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -15,12 +13,9 @@ tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfigu
 
 from absl import flags  # noqa: E402
 
+import helpers  # noqa: E402
+from trainer import prepare_data  # noqa: E402
 from trainer.keras_lib import keras  # noqa: E402
-
-MOCK_EXAMPLES = 40
-# Flags of a run small enough for this CPU: 32x32 (DenseNet's minimum), a few steps.
-TINY_FLAGS = ['--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=2',
-              '--eval_steps=1', '--warmup_epochs=0.5']
 
 
 @pytest.fixture(autouse=True)
@@ -35,15 +30,8 @@ def _fresh_flags_and_policy():
 @pytest.fixture
 def mock_mnist():
   """tfds's mock MNIST: deterministic uint8 28x28x1 images, downloads blocked."""
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+  with tfds.testing.mock_data(num_examples=helpers.MOCK_EXAMPLES):
     yield
-
-
-def train_with_flags(*argv):
-  """Parses `argv` as trainer.main's flags and runs it in this process; returns the test metrics."""
-  from trainer import main  # pylint: disable=import-outside-toplevel
-  flags.FLAGS(['trainer.main', *argv])
-  return main.run()
 
 
 @pytest.fixture(scope='session')
@@ -63,8 +51,8 @@ def tiny_run(tmp_path_factory, notop_weights_file):
   root = tmp_path_factory.mktemp('tiny_run')
   run_dir = str(root / 'run')
   flags.FLAGS.unparse_flags()
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    metrics = train_with_flags(*TINY_FLAGS, '--adapter=rgb', f'--weights={notop_weights_file}',
+  with tfds.testing.mock_data(num_examples=helpers.MOCK_EXAMPLES):
+    metrics = helpers.train_with_flags(*helpers.TINY_FLAGS, '--adapter=rgb', f'--weights={notop_weights_file}',
                                f'--run_dir={run_dir}', f'--data_dir={root / "tfds"}')
   flags.FLAGS.unparse_flags()
   assert os.path.exists(os.path.join(run_dir, 'metrics.json')), metrics
@@ -76,25 +64,11 @@ def prepared_mnist(tmp_path_factory):
   """A small dataset in tfds's own on-disk format, prepared as `mnist` (1,000 train and 200
   test digits of random pixels): read from files the way a real download is, which
   tfds.testing.mock_data is not. Returns its --data_dir."""
-  from trainer import prepare_data  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp('prepared_mnist')
-  rng = np.random.default_rng(0)
-  idx_dir = root / 'idx'
-  idx_dir.mkdir()
-  for prefix, size in (('train', 1000), ('t10k', 200)):
-    for kind, magic, shape in (('images-idx3', 2051, (size, 28, 28)), ('labels-idx1', 2049, (size,))):
-      values = rng.integers(0, 256 if kind.startswith('images') else 10, shape, dtype=np.uint8)
-      header = struct.pack(f'>{1 + len(shape)}I', magic, *shape)
-      (idx_dir / f'{prefix}-{kind}-ubyte').write_bytes(header + values.tobytes())
+  idx_dir = helpers.write_idx_dir(root / 'idx', *helpers.small_digits(1000, seed=0),
+                                  *helpers.small_digits(200, seed=1))
   data_dir = str(root / 'tfds')
-  prepare_data.prepare('mnist', data_dir, from_idx=str(idx_dir))
+  prepare_data.prepare('mnist', data_dir, from_idx=idx_dir)
   return data_dir
 
 
-def event_tags(log_dir):
-  """Every summary tag written to the TensorBoard event files directly in `log_dir`."""
-  tags = set()
-  for path in tf.io.gfile.glob(os.path.join(log_dir, 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      tags.update(value.tag for value in event.summary.value)
-  return tags

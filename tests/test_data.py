@@ -73,7 +73,7 @@ def test_validation_is_the_last_part_of_train_and_sizes_add_up():
   whole = data.synthetic_dataset(60_000, seed=0)
   first_validation, _ = next(iter(splits.validation))
   np.testing.assert_array_equal(first_validation, next(iter(whole.skip(48_000)))[0])
-  assert (splits.image_shape, splits.num_classes) == ((28, 28, 1), 10)
+  assert (splits.info.image_shape, splits.info.num_classes) == ((28, 28, 1), 10)
 
 
 def test_synthetic_images_are_the_same_every_pass():
@@ -91,7 +91,7 @@ def test_steps_per_epoch_refuses_a_batch_larger_than_the_data():
 
 def test_tfds_splits_come_from_the_dataset_info(mock_mnist, tmp_path):
   splits = data.load_splits('mnist', str(tmp_path), validation_split=0.2)
-  assert splits.image_shape == (28, 28, 1) and splits.num_classes == 10
+  assert splits.info.image_shape == (28, 28, 1) and splits.info.num_classes == 10
   assert splits.train.element_spec[0].dtype == tf.uint8
 
 

@@ -4,69 +4,25 @@ Model builds are the cost here (~10 s each on a 2-core CPU), so there is one sho
 training run per adapter (CIFAR-10 with rgb, EMNIST with conv) and a forward pass
 for the two other pairs. Synthetic data trains in tests/test_train_modes.py.
 """
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import MOCK_EXAMPLES, TINY_FLAGS, train_with_flags
+from helpers import (
+  MOCK_EXAMPLES,
+  SHORT_RUN,
+  block_network,
+  error_line,
+  run_offline,
+  train_with_flags,
+)
 from trainer import data
+from trainer.config import ModelConfig
 from trainer.errors import UserError
-from trainer.model import ModelConfig, build_model
-
-REPO = os.path.join(os.path.dirname(__file__), '..')
-# A short run: one epoch of two steps, only the head (and the conv stem) training.
-SHORT_RUN = [*TINY_FLAGS, '--epochs=1', '--train_mode=transfer', '--weights=none', '--noexport']
-
+from trainer.model import build_model
 
 # ---- No network, in this process and in a command.
-
-def block_network(monkeypatch):
-  """Makes every Python socket fail as on a machine without a network; returns the attempts."""
-  attempts = []
-
-  def refuse(*args, **kwargs):
-    attempts.append(args[:2])
-    raise socket.gaierror(socket.EAI_NONAME, 'network disabled by the test')
-  monkeypatch.setattr(socket, 'getaddrinfo', refuse)
-  monkeypatch.setattr(socket.socket, 'connect', refuse)
-  return attempts
-
-
-# Runs a module as `python -m` would, after disabling the network the same way.
-_OFFLINE_MAIN = '''
-import runpy, socket, sys
-def refuse(*args, **kwargs):
-  raise socket.gaierror(socket.EAI_NONAME, 'network disabled by the test')
-socket.getaddrinfo = refuse
-socket.socket.connect = refuse
-module, sys.argv = sys.argv[1], sys.argv[1:]
-runpy.run_module(module, run_name='__main__', alter_sys=True)
-'''
-
-
-def run_offline(module, *argv, env=None):
-  """Runs `python -m module argv...` with no network; returns (the process's result, seconds)."""
-  start = time.perf_counter()
-  result = subprocess.run([sys.executable, '-c', _OFFLINE_MAIN, module, *argv], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, **(env or {})})
-  return result, time.perf_counter() - start
-
-
-def error_line(result):
-  """The one line a bad input ends in; fails the test if it is not `error: ...` alone."""
-  assert result.returncode != 0, result.stdout[-2000:]
-  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: '), result.stderr[-2000:]
-  return last
-
 
 def test_no_data_and_no_network_ends_in_seconds_naming_both_fixes(tmp_path):
   result, seconds = run_offline('trainer.main', '--dataset=mnist', '--weights=none',
@@ -103,7 +59,7 @@ def mock_tfds(tmp_path):
 def test_shape_and_classes_come_from_the_dataset_info(mock_tfds, dataset, image_shape,
                                                       num_classes):
   splits = data.load_splits(dataset, mock_tfds, 0.2)
-  assert (splits.image_shape, splits.num_classes) == (image_shape, num_classes)
+  assert (splits.info.image_shape, splits.info.num_classes) == (image_shape, num_classes)
   images, labels = next(iter(splits.train.batch(4)))
   assert images.dtype == np.uint8 and tuple(images.shape[1:]) == image_shape
   assert labels.numpy().max() < num_classes
@@ -119,7 +75,7 @@ def test_a_dataset_trains_a_step_through_an_adapter(mock_tfds, tmp_path, dataset
 @pytest.mark.parametrize('dataset, adapter', [('cifar10', 'conv'), ('emnist', 'rgb')])
 def test_the_other_pairs_run_forward(mock_tfds, dataset, adapter):
   splits = data.load_splits(dataset, mock_tfds, 0.2)
-  model = build_model(ModelConfig(image_size=32, adapter=adapter), splits.image_shape,
-                      splits.num_classes)
+  model = build_model(ModelConfig(image_size=32, adapter=adapter), splits.info.image_shape,
+                      splits.info.num_classes)
   images, _ = next(iter(splits.train.batch(2)))
-  assert model(images, training=False).shape == (2, splits.num_classes)
+  assert model(images, training=False).shape == (2, splits.info.num_classes)

@@ -15,11 +15,12 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from conftest import train_with_flags
+from helpers import train_with_flags
 from trainer import data, distribution, main, train
+from trainer.config import ModelConfig, TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
-from trainer.model import ModelConfig, backbone_of, build_model
+from trainer.model import backbone_of, build_model
 
 GLOBAL_BATCH = 8
 NUM_CLASSES = 10
@@ -42,7 +43,7 @@ def compile_transfer_stage(model):
   half batch by its own statistics, so a fine-tuned step legitimately differs from
   one device's; frozen, it uses the ImageNet statistics on every replica.
   """
-  config = train.TrainConfig(run_dir='unused', batch_size=GLOBAL_BATCH, warmup_epochs=0)
+  config = TrainConfig(run_dir='unused', batch_size=GLOBAL_BATCH, warmup_epochs=0)
   stage = train.Stage('transfer', 0, 1, backbone_trainable=False, learning_rate=0.1)
   train.compile_for_stage(model, stage, config, steps_per_epoch=1, num_classes=NUM_CLASSES)
 

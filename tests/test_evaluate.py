@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from conftest import MOCK_EXAMPLES
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from trainer import evaluate, runs, train
+from helpers import MOCK_EXAMPLES
+from trainer import callbacks, evaluate, runs
+from trainer.config import TrainConfig
 from trainer.keras_lib import keras
 
 
@@ -50,7 +51,7 @@ def test_evaluate_prints_and_logs_the_best_checkpoint_on_the_test_split(tiny_run
   assert f'Test accuracy: {evaluation.accuracy:.4f}' in printed
   assert 'Confusion matrix (rows: true class, columns: predicted class)' in printed
 
-  logged = summaries(os.path.join(tiny_run, evaluate.LOG_DIR))
+  logged = summaries(os.path.join(tiny_run, runs.EVALUATE_LOG_DIR))
   assert scalar(logged['test_accuracy'][-1][1]) == pytest.approx(evaluation.accuracy)
   assert image(logged['confusion_matrix'][-1][1]).shape == (11 * evaluate.CELL, 11 * evaluate.CELL, 3)
   assert image(logged['misclassified'][-1][1]).shape[2] == 3
@@ -123,7 +124,7 @@ def test_hparams_dashboard_gets_the_run_settings_and_test_metrics(tiny_run):
   assert hparams['train_mode'].string_value == 'finetune'
   assert hparams['precision'].string_value == 'float32'
   assert 'run_dir' not in hparams
-  with open(os.path.join(tiny_run, train.METRICS_FILE)) as f:
+  with open(os.path.join(tiny_run, runs.METRICS_FILE)) as f:
     metrics = json.load(f)
   for name in ('test_loss', 'test_accuracy'):
     assert scalar(logged[name][-1][1]) == pytest.approx(metrics[name])
@@ -138,15 +139,15 @@ def test_throughput_is_logged_every_epoch(tiny_run):
 
 def test_profile_steps_write_a_profile_for_the_profile_tab(tmp_path):
   # A small model through the run's callbacks: what is under test is the wiring, not DenseNet.
-  config = train.TrainConfig(run_dir=str(tmp_path), profile_steps='2,3')
-  stage = train.Stage('finetune', 0, 1, True, 1e-3)
+  config = TrainConfig(run_dir=str(tmp_path), profile_steps='2,3')
   model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation='softmax')])
   model.compile('adam', 'sparse_categorical_crossentropy',
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
   features, labels = np.zeros((16, 4)), np.zeros(16)
   log_dir = str(tmp_path / 'logs')
   model.fit(features, labels, batch_size=4, validation_data=(features, labels), verbose=0,
-            callbacks=train.callbacks(config, str(tmp_path), log_dir, stage, steps_per_epoch=4))
+            callbacks=callbacks.training_callbacks(config, str(tmp_path), 'finetune', True,
+                                                   steps_per_epoch=4, best_so_far=None))
   profiles = [name for _, _, names in os.walk(log_dir) for name in names
               if name.endswith('.xplane.pb')]
   assert profiles
@@ -157,8 +158,8 @@ def test_profile_steps_flag_is_checked_and_may_change_on_resume(tmp_path):
   flags.FLAGS(['trainer.main', '--profile_steps=10,12', f'--run_dir={tmp_path}'])
   config = main.config_from_flags()
   assert config.profile_steps == '10,12'
-  runs.claim(config, flags_text='')
-  runs.claim(dataclasses.replace(config, profile_steps=''), flags_text='')  # no error
+  runs.record_config(config, flags_text='')
+  runs.check_resumable(dataclasses.replace(config, profile_steps=''))  # no error
   flags.FLAGS.unparse_flags()
   with pytest.raises(flags.IllegalFlagValueError):
     flags.FLAGS(['trainer.main', '--profile_steps=12,10'])

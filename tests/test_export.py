@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import evaluate, export, runs
+from trainer.config import DatasetInfo
 from trainer.errors import UserError
 from trainer.keras_lib import keras
 
@@ -59,17 +60,17 @@ def keras_probabilities(tiny_run, raw_digits):
 
 def test_run_folder_records_the_dataset_and_keeps_the_keras_model(tiny_run, raw_digits,
                                                                    keras_probabilities):
-  info = export.read_dataset_info(tiny_run)
-  assert info == export.DatasetInfo(MNIST_SHAPE, 10, tuple(str(i) for i in range(10)))
+  info = runs.read_dataset_info(tiny_run)
+  assert info == DatasetInfo(MNIST_SHAPE, 10, tuple(str(i) for i in range(10)))
   # Loads with no custom_objects: the file holds the model without training's custom loss.
-  kept = keras.models.load_model(os.path.join(tiny_run, export.KERAS_MODEL_FILE))
+  kept = keras.models.load_model(os.path.join(tiny_run, runs.KERAS_MODEL_FILE))
   np.testing.assert_allclose(kept.predict_on_batch(raw_digits), keras_probabilities, atol=1e-5)
 
 
 def test_saved_model_in_a_fresh_tensorflow_process_matches_the_keras_model(
     tiny_run, tmp_path, raw_digits, keras_probabilities):
   np.save(tmp_path / 'digits.npy', raw_digits)
-  result = run_command('-c', SERVE_IN_FRESH_PROCESS, os.path.join(tiny_run, export.EXPORT_DIR),
+  result = run_command('-c', SERVE_IN_FRESH_PROCESS, os.path.join(tiny_run, runs.EXPORT_DIR),
                        str(tmp_path / 'digits.npy'), str(tmp_path / 'served.npz'))
   assert result.returncode == 0, result.stderr
   served = np.load(tmp_path / 'served.npz')
@@ -83,11 +84,11 @@ def test_export_command_needs_only_the_run_folder(tiny_run, tmp_path, raw_digits
                                                   keras_probabilities):
   # A subprocess sees no mock data and the run's data_dir holds no dataset, so the
   # shape and classes can only come from dataset.json.
-  run_dir = copy_run(tiny_run, tmp_path / 'run', 'config.json', export.DATASET_FILE, 'checkpoints')
+  run_dir = copy_run(tiny_run, tmp_path / 'run', 'config.json', runs.DATASET_FILE, 'checkpoints')
   result = run_command('-m', 'trainer.export', f'--run_dir={run_dir}')
   assert result.returncode == 0, result.stderr
-  assert os.path.exists(os.path.join(run_dir, export.KERAS_MODEL_FILE))
-  serve = tf.saved_model.load(os.path.join(run_dir, export.EXPORT_DIR)).signatures[export.SIGNATURE]
+  assert os.path.exists(os.path.join(run_dir, runs.KERAS_MODEL_FILE))
+  serve = tf.saved_model.load(os.path.join(run_dir, runs.EXPORT_DIR)).signatures[export.SIGNATURE]
   probabilities = serve(images=tf.constant(raw_digits))['probabilities'].numpy()
   np.testing.assert_allclose(probabilities, keras_probabilities, atol=1e-5)
 
@@ -99,7 +100,7 @@ def test_export_command_needs_only_the_run_folder(tiny_run, tmp_path, raw_digits
                                                ('trainer.evaluate', evaluate.evaluate_run)])
 def test_a_run_folder_without_a_checkpoint_is_refused_in_one_line(tiny_run, tmp_path, command,
                                                                   function):
-  run_dir = copy_run(tiny_run, tmp_path / 'run', 'config.json', export.DATASET_FILE)
+  run_dir = copy_run(tiny_run, tmp_path / 'run', 'config.json', runs.DATASET_FILE)
   with pytest.raises(UserError, match='no checkpoint'):
     function(run_dir)
   result = run_command('-m', command, f'--run_dir={run_dir}')
@@ -120,9 +121,7 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
 
 
 def test_dataset_json_round_trips(tmp_path):
-  class Splits:  # the fields of trainer.data.Splits that dataset.json keeps
-    image_shape, num_classes, class_names = (32, 32, 3), 3, ('cat', 'dog', 'bird')
-  export.write_dataset_info(str(tmp_path), Splits)
-  assert export.read_dataset_info(str(tmp_path)) == export.DatasetInfo((32, 32, 3), 3,
+  runs.write_dataset_info(str(tmp_path), DatasetInfo((32, 32, 3), 3, ('cat', 'dog', 'bird')))
+  assert runs.read_dataset_info(str(tmp_path)) == DatasetInfo((32, 32, 3), 3,
                                                                       ('cat', 'dog', 'bird'))
-  assert json.loads((tmp_path / export.DATASET_FILE).read_text())['image_shape'] == [32, 32, 3]
+  assert json.loads((tmp_path / runs.DATASET_FILE).read_text())['image_shape'] == [32, 32, 3]

@@ -1,66 +1,25 @@
 """--dataset=idx:DIR: MNIST-format IDX files, gzip or not, read exactly; damaged files refused."""
-import gzip
 import os
 import shutil
-import struct
 
 import numpy as np
 import pytest
 
-from conftest import train_with_flags
-from test_data_sources import SHORT_RUN, error_line, run_offline
+from helpers import (
+  FASHION_MNIST,
+  SHORT_RUN,
+  as_arrays,
+  error_line,
+  needs_fashion_mnist,
+  read_idx_file,
+  run_offline,
+  small_digits,
+  train_with_flags,
+  write_idx_dir,
+  write_idx_file,
+)
 from trainer import data, idx
 from trainer.errors import UserError
-
-# Debian's dataset-fashion-mnist (.ci/run installs it): the four files, gzipped.
-FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
-needs_fashion_mnist = pytest.mark.skipif(
-    not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
-
-
-def read_idx_file(path):
-  """The whole file as a numpy array, decoded here independently of trainer/idx.py."""
-  with gzip.open(path) if path.endswith('.gz') else open(path, 'rb') as f:
-    raw = f.read()
-  num_dims = raw[3]
-  dims = struct.unpack(f'>{num_dims}I', raw[4:4 + 4 * num_dims])
-  return np.frombuffer(raw, np.uint8, offset=4 + 4 * num_dims).reshape(dims)
-
-
-def as_arrays(ds):
-  """All images and labels of a dataset, read in large batches."""
-  batches = list(ds.batch(10_000).as_numpy_iterator())
-  return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
-
-
-def write_idx_dir(directory, images, labels, test_images=None, test_labels=None, compress=False):
-  """Writes the four MNIST files for uint8 `images` (N, 28, 28) and `labels` (N,)."""
-  os.makedirs(directory, exist_ok=True)
-  splits = {'train': (images, labels),
-            't10k': (images if test_images is None else test_images,
-                     labels if test_labels is None else test_labels)}
-  for prefix, (split_images, split_labels) in splits.items():
-    write_idx_file(os.path.join(directory, f'{prefix}-images-idx3-ubyte'), split_images,
-                   idx.IMAGES_MAGIC, compress)
-    write_idx_file(os.path.join(directory, f'{prefix}-labels-idx1-ubyte'), split_labels,
-                   idx.LABELS_MAGIC, compress)
-  return str(directory)
-
-
-def write_idx_file(path, array, magic, compress=False):
-  content = struct.pack(f'>{1 + array.ndim}I', magic, *array.shape) + array.astype(np.uint8).tobytes()
-  if compress:
-    path += '.gz'
-  with gzip.open(path, 'wb') if compress else open(path, 'wb') as f:
-    f.write(content)
-  return path
-
-
-def small_digits(n=12, seed=0):
-  rng = np.random.default_rng(seed)
-  return (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-          rng.integers(0, 10, n, dtype=np.uint8))
-
 
 # ---- The real Fashion-MNIST.
 

@@ -51,10 +51,14 @@ def assert_one_cluster_two_tasks(configs, cluster=None):
 
 # ---- launch/local.sh
 
-def test_two_local_workers_train_one_model_and_only_the_chief_writes(tmp_path):
+@pytest.mark.slow
+def test_two_local_workers_train_one_model_and_only_the_chief_writes(tmp_path, prepared_mnist):
+  # A dataset in tfds's files, not synthetic: on this CPU oneDNN's graph rewrites once broke
+  # multi-worker validation on such data only (trainer/cli.py turns them off under TF_CONFIG).
   run_dir, worker_tmp = tmp_path / 'run', tmp_path / 'tmp'
   worker_tmp.mkdir()
-  result = launch('launch/local.sh', '2', '--', *TINY_RUN, f'--run_dir={run_dir}',
+  result = launch('launch/local.sh', '2', '--', *TINY_RUN, '--dataset=mnist',
+                  f'--data_dir={prepared_mnist}', '--nodownload', f'--run_dir={run_dir}',
                   env={'TMPDIR': str(worker_tmp)}, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   out = result.stdout
@@ -62,8 +66,9 @@ def test_two_local_workers_train_one_model_and_only_the_chief_writes(tmp_path):
   # Both processes trained one model under MultiWorkerMirroredStrategy: two replicas in
   # sync, and the same test loss, since they evaluated it together.
   for worker in (0, 1):
-    assert (f'[worker {worker}] 2 replica(s), global batch 8, 4 per replica, '
-            'precision float32') in out
+    assert any(line.startswith(f'[worker {worker}]') and
+               '2 replica(s), global batch 8, precision float32' in line
+               for line in out.splitlines()), out[-3000:]
   test_losses = {line.split('] ', 1)[1] for line in out.splitlines() if 'Test loss' in line}
   assert len(test_losses) == 1, test_losses
 
@@ -93,6 +98,7 @@ exec sleep 60
   return str(path)
 
 
+@pytest.mark.slow
 def test_when_one_worker_fails_local_sh_stops_the_others_and_fails(tmp_path):
   start = time.monotonic()
   result = launch('launch/local.sh', '2', '--', '--epochs=1',
@@ -104,6 +110,7 @@ def test_when_one_worker_fails_local_sh_stops_the_others_and_fails(tmp_path):
   assert not _running(int((tmp_path / 'worker0.pid').read_text()))
 
 
+@pytest.mark.slow
 def test_a_killed_local_sh_takes_its_workers_with_it(tmp_path):
   """Else a re-run would train beside the old workers, in the same run folder."""
   launcher = subprocess.Popen([os.path.join(ROOT, 'launch/local.sh'), '2', '--', '--epochs=1'],

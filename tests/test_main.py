@@ -1,15 +1,19 @@
 """trainer.main end to end on mock MNIST, and its bad inputs as a user meets them."""
 import csv
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from absl import flags
 
-from conftest import TINY_FLAGS, event_tags, train_with_flags
-from trainer import runs
-from trainer.train import TrainConfig
+from helpers import REPO as ROOT
+from helpers import TINY_FLAGS, event_tags, train_with_flags
+from trainer import main, runs
+from trainer.config import TrainConfig
+from trainer.errors import UserError
 
 
 def test_a_finished_run_leaves_logs_checkpoint_and_metrics(tiny_run):
@@ -40,17 +44,17 @@ def test_conv_adapter_trains_end_to_end(mock_mnist, tmp_path, notop_weights_file
 
 def test_a_finished_run_is_never_overwritten(tiny_run):
   config = runs.load_config(tiny_run)
-  with pytest.raises(runs.UserError, match='finished run'):
-    runs.claim(config, flags_text='')
+  with pytest.raises(UserError, match='finished run'):
+    runs.check_resumable(config)
 
 
 def test_an_unfinished_run_resumes_only_with_the_same_settings(tmp_path):
   config = TrainConfig(run_dir=str(tmp_path / 'run'))
-  runs.claim(config, flags_text='--adapter=rgb\n')
-  runs.claim(config, flags_text='--adapter=rgb\n')  # the same settings resume
+  runs.record_config(config, flags_text='--adapter=rgb\n')
+  runs.check_resumable(config)  # the same settings resume
   other = TrainConfig(run_dir=config.run_dir, epochs=config.epochs + 1)
-  with pytest.raises(runs.UserError, match=r'other settings \(epochs\)'):
-    runs.claim(other, flags_text='')
+  with pytest.raises(UserError, match=r'other settings \(epochs\)'):
+    runs.check_resumable(other)
 
 
 def run_main(*argv):
@@ -78,13 +82,25 @@ def test_bad_input_ends_in_one_clear_line(argv, expected, tmp_path):
 @pytest.mark.parametrize('config_file', sorted(
     os.path.join('configs', name) for name in os.listdir(
         os.path.join(os.path.dirname(__file__), '..', 'configs'))))
-def test_every_config_parses_into_a_train_config(config_file):
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from trainer import main  # pylint: disable=import-outside-toplevel
-  root = os.path.join(os.path.dirname(__file__), '..')
-  flags.FLAGS(['trainer.main', f'--flagfile={os.path.join(root, config_file)}'])
+def test_every_config_parses_into_a_train_config(config_file, monkeypatch):
+  monkeypatch.chdir(ROOT)  # configs include each other by paths relative to the root
+  flags.FLAGS(['trainer.main', f'--flagfile={config_file}'])
   config = main.config_from_flags()
   assert config.epochs >= 1 and config.model.image_size >= 32
+
+
+def test_the_two_mnist_configs_share_the_recipe_and_differ_in_the_adapter(monkeypatch):
+  monkeypatch.chdir(ROOT)
+  configs = {}
+  for adapter in ('rgb', 'conv'):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(['trainer.main', f'--flagfile=configs/mnist_{adapter}.cfg'])
+    configs[adapter] = dataclasses.asdict(main.config_from_flags())
+  assert configs['rgb']['model'].pop('adapter') == 'rgb'
+  assert configs['conv']['model'].pop('adapter') == 'conv'
+  for config in configs.values():
+    del config['run_name'], config['run_dir']
+  assert configs['rgb'] == configs['conv'] and configs['rgb']['model']['augment']
 
 
 def test_every_epoch_validates_on_a_dataset_read_from_files(prepared_mnist, tmp_path):

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer.config import ModelConfig
 from trainer.keras_lib import keras
-from trainer.model import ModelConfig, backbone_of, build_model, preprocessing_model
+from trainer.model import backbone_of, build_model, preprocessing_model
 
 IMAGE_SIZE = 32
 

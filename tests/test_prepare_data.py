@@ -6,10 +6,19 @@ import pytest
 import tensorflow_datasets as tfds
 from absl import flags
 
-from conftest import train_with_flags
-from test_data_sources import SHORT_RUN, block_network, error_line, run_offline
-from test_idx import FASHION_MNIST, as_arrays, needs_fashion_mnist, read_idx_file, small_digits, \
-  write_idx_dir
+from helpers import (
+  FASHION_MNIST,
+  SHORT_RUN,
+  as_arrays,
+  block_network,
+  error_line,
+  needs_fashion_mnist,
+  read_idx_file,
+  run_offline,
+  small_digits,
+  train_with_flags,
+  write_idx_dir,
+)
 from trainer import data, prepare_data
 from trainer.errors import UserError
 

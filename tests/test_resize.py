@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import export
+from trainer import export, runs
 from trainer.keras_lib import keras
 from trainer.resize import INTERPOLATIONS, MatmulResize, interpolation_matrix
 
@@ -111,7 +111,7 @@ def test_exported_savedmodel_serves_uint8_and_model_keras_loads(tmp_path, digits
   np.testing.assert_array_equal(served['classes'], expected.argmax(axis=-1))
 
   # No custom_objects: importing trainer.resize registered the layer as trainer>MatmulResize.
-  loaded = keras.models.load_model(os.path.join(tmp_path, export.KERAS_MODEL_FILE))
+  loaded = keras.models.load_model(os.path.join(tmp_path, runs.KERAS_MODEL_FILE))
   resize = loaded.get_layer('resize')
   assert isinstance(resize, MatmulResize)
   assert (resize.height, resize.width, resize.interpolation) == (32, 32, 'bicubic')

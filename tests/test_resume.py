@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 # Epochs of 40 steps: the second lasts seconds, plenty of time to kill the run in it.
 # A frozen backbone and no export keep the two runs short; resuming works the same.
@@ -31,6 +33,7 @@ def history_epochs(run_dir):
     return [int(row['epoch']) for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_at_the_epoch_after_its_last_finished_one(tmp_path):
   run_dir = str(tmp_path / 'run')
 

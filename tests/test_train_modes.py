@@ -12,12 +12,12 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from conftest import TINY_FLAGS, event_tags, train_with_flags
-from test_data_sources import error_line, run_offline
-from trainer import main, train
+from helpers import TINY_FLAGS, error_line, event_tags, run_offline, train_with_flags
+from trainer import callbacks, main, runs, train
+from trainer.config import REFERENCE_BATCH_SIZE, TrainConfig
 from trainer.keras_lib import keras
 from trainer.model import BACKBONE, BACKBONE_INPUT, backbone_of
-from trainer.train import Stage, TrainConfig, learning_rate_schedule, plan_stages
+from trainer.train import Stage, learning_rate_schedule, plan_stages
 
 
 def config(**fields):
@@ -71,8 +71,8 @@ def stand_in_model(config, input_shape, num_classes):
 def train_and_snapshot(monkeypatch, run_dir, *argv):
   """Runs trainer.main; returns the weights before training and after each epoch."""
   taken = []
-  stage_callbacks = train.callbacks
-  monkeypatch.setattr(train, 'callbacks',
+  stage_callbacks = callbacks.training_callbacks
+  monkeypatch.setattr(callbacks, 'training_callbacks',
                       lambda *args, **kwargs: stage_callbacks(*args, **kwargs) + [Snapshots(taken)])
   train_with_flags(*TINY_FLAGS, '--frozen_epochs=1', '--noexport', f'--run_dir={run_dir}', *argv)
   return taken
@@ -122,8 +122,8 @@ def test_two_stage_switches_densenet121_from_frozen_to_training(tmp_path, monkey
 
 def test_two_stage_restores_a_best_epoch_from_the_frozen_stage(tmp_path, monkeypatch, mock_mnist):
   # As when unfreezing first costs accuracy: no epoch after the frozen stage beats its best.
-  first_best = train.best_validation_accuracy
-  monkeypatch.setattr(train, 'best_validation_accuracy',
+  first_best = runs.best_validation_accuracy
+  monkeypatch.setattr(runs, 'best_validation_accuracy',
                       lambda run_dir: None if first_best(run_dir) is None else math.inf)
   monkeypatch.setattr(train, 'build_model', stand_in_model)
   metrics = train_with_flags(*TINY_FLAGS, '--train_mode=two_stage', '--epochs=2',
@@ -143,7 +143,7 @@ def test_frozen_epochs_must_be_below_epochs(tmp_path):
 def test_the_rate_warms_up_to_a_batch_scaled_peak_then_decays_to_zero():
   run = config(batch_size=512, learning_rate=1e-3, warmup_epochs=1)
   schedule = learning_rate_schedule(Stage('finetune', 0, 3, True, 1e-3), run, steps_per_epoch=10)
-  peak = 1e-3 * 512 / train.REFERENCE_BATCH_SIZE
+  peak = 1e-3 * 512 / REFERENCE_BATCH_SIZE
   rate = lambda step: float(schedule(step))
   assert rate(0) == 0 and math.isclose(rate(5), peak / 2, rel_tol=1e-5)
   assert math.isclose(rate(10), peak, rel_tol=1e-5)
@@ -155,7 +155,7 @@ def test_the_second_stage_warms_up_again_to_its_own_rate():
   run = config(batch_size=128, warmup_epochs=0.5)
   schedule = learning_rate_schedule(Stage('unfrozen', 2, 4, True, 1e-4), run, steps_per_epoch=10)
   assert float(schedule(0)) == 0
-  assert math.isclose(float(schedule(5)), 1e-4 * 128 / train.REFERENCE_BATCH_SIZE, rel_tol=1e-5)
+  assert math.isclose(float(schedule(5)), 1e-4 * 128 / REFERENCE_BATCH_SIZE, rel_tol=1e-5)
 
 
 # ---- Label smoothing.
@@ -184,4 +184,4 @@ def test_the_flags_reach_the_compiled_model():
     assert backbone.trainable == stage.backbone_trainable
     schedule = model.optimizer.get_config()['learning_rate']['config']
     assert math.isclose(schedule['warmup_target'],
-                        peak * run.batch_size / train.REFERENCE_BATCH_SIZE)
+                        peak * run.batch_size / REFERENCE_BATCH_SIZE)

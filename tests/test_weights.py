@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from absl import flags
 
-from test_data_sources import block_network, error_line, run_offline
+from helpers import block_network, error_line, run_offline
 from trainer import fetch_weights, weights
+from trainer.config import ADAPTERS, HEADS, ModelConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
-from trainer.model import ADAPTERS, HEADS, ModelConfig, backbone_of, build_model
+from trainer.model import backbone_of, build_model
 
 MODEL_KINDS = [(adapter, head) for adapter in ADAPTERS for head in HEADS]
 

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import downloader
 
 from trainer import idx
+from trainer.config import DatasetInfo
 from trainer.errors import UserError
 
 IDX_PREFIX = 'idx:'
@@ -34,9 +35,7 @@ class Splits:
   train: tf.data.Dataset
   validation: tf.data.Dataset
   test: tf.data.Dataset
-  image_shape: Tuple[int, int, int]
-  num_classes: int
-  class_names: Tuple[str, ...]
+  info: DatasetInfo
 
 
 def load_splits(dataset: str, data_dir: Optional[str], validation_split: float,
@@ -47,19 +46,18 @@ def load_splits(dataset: str, data_dir: Optional[str], validation_split: float,
   if dataset.startswith(IDX_PREFIX):
     train, test = idx.load_idx_dir(dataset[len(IDX_PREFIX):])
     train_part, validation = _split_tail(train, validation_split)
-    return Splits(train_part, validation, test, idx.IMAGE_SHAPE, idx.NUM_CLASSES,
-                  tuple(str(i) for i in range(idx.NUM_CLASSES)))
+    return Splits(train_part, validation, test, DatasetInfo(
+        idx.IMAGE_SHAPE, idx.NUM_CLASSES, tuple(str(i) for i in range(idx.NUM_CLASSES))))
   return _tfds_splits(dataset, data_dir, validation_split, download)
 
 
 def _tfds_splits(name, data_dir, validation_split, download):
   builder = prepared_builder(name, data_dir, download)
-  image_shape, num_classes, class_names = image_classification_features(builder)
+  info = image_classification_features(builder)
   percent = round(100 * (1 - validation_split))
   read = lambda split: builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
   # tfds slicing is deterministic: the validation set is always the same last part of train.
-  return Splits(read(f'train[:{percent}%]'), read(f'train[{percent}%:]'), read('test'),
-                image_shape, num_classes, class_names)
+  return Splits(read(f'train[:{percent}%]'), read(f'train[{percent}%:]'), read('test'), info)
 
 
 def prepared_builder(name, data_dir, download):
@@ -125,7 +123,7 @@ def _fail_fast_downloads(socket_timeout_s=60):
     socket.setdefaulttimeout(saved[1])
 
 
-def image_classification_features(builder):
+def image_classification_features(builder) -> DatasetInfo:
   features = builder.info.features
   if 'image' not in features or 'label' not in features:
     raise UserError(f'--dataset={builder.name!r} has no image and label features; '
@@ -138,7 +136,7 @@ def image_classification_features(builder):
   if not isinstance(label, tfds.features.ClassLabel):
     raise UserError(f'--dataset={builder.name!r} has labels that are not classes; '
                     'choose an image-classification dataset')
-  return image_shape, label.num_classes, tuple(label.names)
+  return DatasetInfo(image_shape, label.num_classes, tuple(label.names))
 
 
 def _split_tail(ds, validation_split):
@@ -152,8 +150,8 @@ def _synthetic_splits(validation_split):
   train, validation = _split_tail(synthetic_dataset(SYNTHETIC_SIZES['train'], seed=0),
                                   validation_split)
   return Splits(train, validation, synthetic_dataset(SYNTHETIC_SIZES['test'], seed=1),
-                SYNTHETIC_SHAPE, SYNTHETIC_CLASSES,
-                tuple(str(i) for i in range(SYNTHETIC_CLASSES)))
+                DatasetInfo(SYNTHETIC_SHAPE, SYNTHETIC_CLASSES,
+                            tuple(str(i) for i in range(SYNTHETIC_CLASSES))))
 
 
 def synthetic_dataset(size, seed, image_shape=SYNTHETIC_SHAPE, num_classes=SYNTHETIC_CLASSES):

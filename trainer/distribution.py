@@ -16,7 +16,6 @@ import tensorflow as tf
 from trainer.errors import UserError
 from trainer.keras_lib import keras
 
-PRECISIONS = ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')
 # float16 tensor cores arrived with Volta (compute capability 7.0).
 MIN_FLOAT16_CAPABILITY = (7, 0)
 

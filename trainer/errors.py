@@ -2,4 +2,4 @@
 
 
 class UserError(Exception):
-    """A problem with the user's input; the message names it and the fix."""
+  """A problem with the user's input; the message names it and the fix."""

@@ -10,19 +10,22 @@ with their true and predicted classes.
 The whole test split is evaluated (the run's --eval_steps, a training shortcut,
 does not apply), so the numbers can differ from those in the run's metrics.json.
 """
+# First: trainer.cli sets TensorFlow's environment, which TensorFlow reads as it loads.
+from trainer import cli  # isort: skip
+
 import dataclasses
-import os
 from typing import List, Sequence
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
-from trainer import cli, data, runs
+from trainer import data, runs
+from trainer.config import TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
 
-LOG_DIR = os.path.join('logs', 'evaluate')
+cli.define_flags(TrainConfig, names=['run_dir'])
 MAX_MISCLASSIFIED = 24  # images in the TensorBoard grid
 GRID_COLUMNS = 6
 TILE_SCALE = 3  # a 28x28 digit shows as 84x84
@@ -71,10 +74,10 @@ def evaluate_run(run_dir: str) -> Evaluation:
   splits = data.load_splits(config.dataset, config.data_dir, config.validation_split,
                             config.download)
   test_batches = data.evaluation_batches(splits.test, config.batch_size)
-  evaluation = evaluate(model, test_batches, splits.num_classes)
-  report = format_report(evaluation, splits.class_names)
+  evaluation = evaluate(model, test_batches, splits.info.num_classes)
+  report = format_report(evaluation, splits.info.class_names)
   print(report)
-  log_dir = os.path.join(run_dir, LOG_DIR)
+  log_dir = runs.path(run_dir, runs.EVALUATE_LOG_DIR)
   write_to_tensorboard(evaluation, report, log_dir)
   print(f'TensorBoard: tensorboard --logdir {log_dir}')
   return evaluation
@@ -199,5 +202,14 @@ def misclassified_grid(mistakes: List[Mistake]) -> np.ndarray:
   return np.asarray(grid)
 
 
+def main(_):
+  evaluate_run(cli.required_flag('run_dir'))
+
+
+def entry_point():
+  """The console script (see setup.cfg); python -m trainer.evaluate runs it too."""
+  cli.run(main)
+
+
 if __name__ == '__main__':
-  cli.run_on_run_dir(evaluate_run, 'evaluate')
+  entry_point()

@@ -7,10 +7,12 @@ On a machine without a network, copy DIR/densenet121_weights_tf_dim_ordering_tf_
 into $KERAS_HOME/models/ (default ~/.keras/models/), or pass the file with --weights=PATH.
 A file that is already there and whose checksum matches is not downloaded again.
 """
+# First: trainer.cli sets TensorFlow's environment, which TensorFlow reads as it loads.
+from trainer import cli  # isort: skip
+
 from absl import flags
 
-from trainer import cli, weights
-from trainer.errors import UserError
+from trainer import weights
 
 flags.DEFINE_string('cache_dir', None, 'Folder to put the weights file in (default: Keras\'s '
                     'cache, $KERAS_HOME/models or ~/.keras/models).')
@@ -18,12 +20,15 @@ flags.DEFINE_string('cache_dir', None, 'Folder to put the weights file in (defau
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments {argv[1:]}; the only setting is --cache_dir')
+def main(_):
   path = weights.imagenet_file(FLAGS.cache_dir or weights.keras_cache_dir())
   print(path)
 
 
-if __name__ == '__main__':
+def entry_point():
+  """The console script (see setup.cfg); python -m trainer.fetch_weights runs it too."""
   cli.run(main)
+
+
+if __name__ == '__main__':
+  entry_point()

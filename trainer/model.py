@@ -7,33 +7,15 @@ Every step runs in the graph, on the accelerator, and travels with an exported m
 The preprocessing layers are float32 even under mixed precision: they are cheap,
 and resizing in float16 would round the pixels the pretrained weights expect.
 """
-import dataclasses
-
+from trainer.config import ADAPTERS, HEADS, ModelConfig
 from trainer.keras_lib import keras
+from trainer.resize import MatmulResize
 
-ADAPTERS = ('rgb', 'conv')
-HEADS = ('gap', 'flatten')
-INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
-MIN_IMAGE_SIZE = 32  # the smallest input keras.applications' DenseNet121 accepts
 BACKBONE = 'densenet121'  # the name keras.applications gives the nested model
 BACKBONE_INPUT = 'backbone_input'  # the adapter's last layer: what the backbone sees
 # keras.applications.densenet.preprocess_input ("torch" mode) on [0, 1] pixels.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  image_size: int = 64
-  adapter: str = 'rgb'
-  head: str = 'gap'
-  dropout: float = 0.0
-  interpolation: str = 'bicubic'
-  augment: bool = False
-  rotation_degrees: float = 10.0
-  zoom: float = 0.1
-  translate: float = 0.1
-  seed: int = 0
 
 
 def build_model(config: ModelConfig, input_shape, num_classes) -> keras.Model:
@@ -42,19 +24,21 @@ def build_model(config: ModelConfig, input_shape, num_classes) -> keras.Model:
   x = keras.layers.Rescaling(1 / 255, dtype='float32', name='scale')(images)
   if config.augment:
     x = augmentation(config)(x)
-  x = keras.layers.Resizing(config.image_size, config.image_size,
-                            interpolation=config.interpolation, dtype='float32',
-                            name='resize')(x)
+  # Two matrix products, not tf.image.resize: the same values, and XLA compiles them
+  # (it has no ResizeBicubic kernel).
+  x = MatmulResize(config.image_size, config.image_size, config.interpolation, dtype='float32',
+                   name='resize')(x)
   x = _adapter(x, config.adapter, channels=input_shape[-1])
   backbone = keras.applications.DenseNet121(
       include_top=False, weights=None, input_shape=(config.image_size, config.image_size, 3))
-  # Called without `training=`: BatchNormalization then follows `trainable`, so a frozen
-  # backbone normalises with its ImageNet statistics while a fine-tuned one adapts them
-  # to the new domain, which for 28x28 digits is far from ImageNet.
+  # Called without `training=`, unlike the Keras fine-tuning guide (which keeps BatchNorm in
+  # inference mode after unfreezing): BatchNormalization then follows `trainable`, so a
+  # frozen backbone normalises with its ImageNet statistics while a fine-tuned one adapts
+  # them to the new domain, which for 28x28 digits is far from ImageNet.
   x = backbone(x)
   x = _head(config.head)(x)
   if config.dropout:
-    x = keras.layers.Dropout(config.dropout, seed=config.seed, name='dropout')(x)
+    x = keras.layers.Dropout(config.dropout, name='dropout')(x)
   x = keras.layers.Dense(num_classes, name='logits')(x)
   probabilities = keras.layers.Activation('softmax', dtype='float32', name='probabilities')(x)
   return keras.Model(images, probabilities, name=f'densenet121_{config.adapter}')
@@ -62,7 +46,7 @@ def build_model(config: ModelConfig, input_shape, num_classes) -> keras.Model:
 
 def augmentation(config: ModelConfig) -> keras.Sequential:
   """Random rotation, zoom and shift at the stored size (cheap), active only in training."""
-  fill = dict(fill_mode='constant', fill_value=0.0, seed=config.seed, dtype='float32')
+  fill = dict(fill_mode='constant', fill_value=0.0, dtype='float32')
   return keras.Sequential([
       keras.layers.RandomRotation(config.rotation_degrees / 360, **fill),
       keras.layers.RandomZoom((-config.zoom, config.zoom), **fill),

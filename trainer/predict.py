@@ -17,17 +17,20 @@ border is brighter than its centre; gray images are then stretched to the full
 black-to-white range. Crop a photo close to the digit: MNIST digits fill about
 20 of their 28 pixels.
 """
+# First: trainer.cli sets TensorFlow's environment, which TensorFlow reads as it loads.
+from trainer import cli  # isort: skip
+
+import dataclasses
 import json
 import os
 import warnings
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from trainer import cli
+from trainer.config import setting
 from trainer.errors import UserError
 from trainer.export import SIGNATURE
 
@@ -180,22 +183,30 @@ def format_predictions(predictions: List[dict]) -> str:
                    for p in predictions)
 
 
-def define_flags():
-  """Only when run as a command, like trainer.evaluate's and trainer.export's flags."""
-  flags.DEFINE_string('model', None, 'The exported SavedModel folder, e.g. runs/NAME/export.')
-  flags.DEFINE_enum('invert', 'auto', INVERT_CHOICES, 'Invert to light-on-dark as MNIST stores '
-                    'digits: auto does so for a gray model when the border is brighter than the '
-                    'centre (dark ink on paper).')
-  flags.DEFINE_bool('json', False, 'Print a JSON list of {file, class, probability, '
-                    'probabilities} instead of one line per file.')
-  flags.mark_flag_as_required('model')
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+  """The command's flags; the image files follow them."""
+  model: Optional[str] = setting(None, 'The exported SavedModel folder, e.g. runs/NAME/export.')
+  invert: str = setting('auto', 'Invert to light-on-dark as MNIST stores digits: auto does so '
+                        'for a gray model when the border is brighter than the centre (dark ink '
+                        'on paper).', choices=INVERT_CHOICES)
+  json: bool = setting(False, 'Print a JSON list of {file, class, probability, probabilities} '
+                       'instead of one line per file.')
 
 
-def main(argv):
-  predictions = predict_files(flags.FLAGS.model, argv[1:], flags.FLAGS.invert)
-  print(json.dumps(predictions, indent=2) if flags.FLAGS.json else format_predictions(predictions))
+cli.define_flags(PredictConfig)
+
+
+def main(paths: List[str]):
+  config = cli.config_from_flags(PredictConfig)
+  predictions = predict_files(cli.required_flag('model'), paths, config.invert)
+  print(json.dumps(predictions, indent=2) if config.json else format_predictions(predictions))
+
+
+def entry_point():
+  """The console script (see setup.cfg); python -m trainer.predict runs it too."""
+  cli.run(main, takes_arguments=True)
 
 
 if __name__ == '__main__':
-  define_flags()
-  cli.run(main)
+  entry_point()

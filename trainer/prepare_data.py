@@ -11,33 +11,38 @@
 builder, and its examples under the keys tfds's own build gives them (so tfds
 shuffles them into the same order): tfds.builder(NAME, data_dir=DIR) finds it prepared.
 """
+# First: trainer.cli sets TensorFlow's environment, which TensorFlow reads as it loads.
+from trainer import cli  # isort: skip
+
+from typing import Optional
+
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import flags
 
-from trainer import cli, data, idx
-# --dataset and --data_dir are training's own flags, so both commands read them the same way.
-from trainer import main as training_flags  # pylint: disable=unused-import
+from trainer import data, idx
+from trainer.config import TrainConfig
 from trainer.errors import UserError
 
+# Training's own flags, so both commands read them the same way.
+cli.define_flags(TrainConfig, names=['dataset', 'data_dir', 'download'])
 flags.DEFINE_string('from_idx', None, 'Build the dataset from the MNIST-format IDX files in this '
                     'folder (train-images-idx3-ubyte[.gz] and the three others) instead of '
                     'downloading it.')
-flags.declare_key_flag('dataset')
-flags.declare_key_flag('data_dir')
 
 FLAGS = flags.FLAGS
 PNG_BATCH = 1000  # images PNG-encoded per tf.data step
 
 
-def prepare(name: str, data_dir, from_idx=None) -> str:
+def prepare(name: str, data_dir: Optional[str], from_idx: Optional[str] = None,
+            download: bool = True) -> str:
   """Prepares dataset `name` in `data_dir` (downloaded, or built from IDX files); returns its folder."""
   if from_idx:
     registered = data.tfds_builder(name, data_dir)
     if not registered.is_prepared():
       build_from_idx(registered, from_idx)
   # Reads it back as training does, so a success here means training will find it.
-  return data.prepared_builder(name, data_dir, download=not from_idx).data_dir
+  return data.prepared_builder(name, data_dir, download=download and not from_idx).data_dir
 
 
 def build_from_idx(registered, idx_dir):
@@ -55,7 +60,8 @@ def build_from_idx(registered, idx_dir):
 
 
 def _check_idx_shaped(registered):
-  image_shape, num_classes, _ = data.image_classification_features(registered)
+  info = data.image_classification_features(registered)
+  image_shape, num_classes = info.image_shape, info.num_classes
   if (image_shape, num_classes) != (idx.IMAGE_SHAPE, idx.NUM_CLASSES):
     raise UserError(
         f'--from_idx builds datasets of {idx.NUM_CLASSES} classes of 28x28 gray images (mnist, '
@@ -77,18 +83,21 @@ def _keyed_examples(ds):
     yield key, {'image': png, 'label': label}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f'unexpected arguments {argv[1:]}; every setting is a --flag (see --help)')
+def main(_):
   if FLAGS.dataset == data.SYNTHETIC or FLAGS.dataset.startswith(data.IDX_PREFIX):
     raise UserError(f'--dataset={FLAGS.dataset} needs no preparing; give a tensorflow-datasets '
                     'name such as mnist')
-  path = prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.from_idx)
+  path = prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.from_idx, FLAGS.download)
   print(f'Prepared {FLAGS.dataset} in {path}')
   data_dir_flag = f' --data_dir={FLAGS.data_dir}' if FLAGS.data_dir else ''
   print(f'Train on it with: python -m trainer.main --dataset={FLAGS.dataset}{data_dir_flag} '
         '--nodownload')
 
 
-if __name__ == '__main__':
+def entry_point():
+  """The console script (see setup.cfg); python -m trainer.prepare_data runs it too."""
   cli.run(main)
+
+
+if __name__ == '__main__':
+  entry_point()

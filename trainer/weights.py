@@ -11,15 +11,19 @@ import os
 import socket
 
 import h5py
+import tensorflow as tf
+from absl import logging
 
+from trainer import runs
 from trainer.errors import UserError
 from trainer.keras_lib import keras
+from trainer.model import backbone_of
 
 NOTOP_FILE = 'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5'
 NOTOP_MD5 = '30ee3e1110167f948a6b9946edeeb738'
 ORIGIN = 'https://storage.googleapis.com/tensorflow/keras-applications/densenet/' + NOTOP_FILE
 ORIGIN_HOST = 'storage.googleapis.com'
-CHOICES_HELP = 'imagenet, none, or the path of a .h5 file'
+CHOICES_HELP = 'imagenet, none, the path of a .h5 file, or a finished run folder'
 
 
 def keras_cache_dir() -> str:
@@ -29,11 +33,16 @@ def keras_cache_dir() -> str:
 
 
 def resolve(spec: str):
-  """Turns --weights into a local file path, or None for a random start."""
+  """Turns --weights into a .h5 file path or a run folder, or None for a random start."""
   if spec == 'none':
     return None
   if spec == 'imagenet':
     return imagenet_file(keras_cache_dir())
+  if tf.io.gfile.isdir(spec):
+    if not runs.checkpoint_exists(runs.path(spec, runs.BEST_CHECKPOINT)):
+      raise UserError(f'--weights={spec} is a folder but not a run with a checkpoint; give '
+                      f'{CHOICES_HELP}')
+    return spec
   if not os.path.isfile(spec):
     raise UserError(f'--weights={spec}: no such file; give {CHOICES_HELP}')
   return spec
@@ -78,7 +87,29 @@ def md5_of(path: str) -> str:
 
 
 def load_into_backbone(backbone: keras.Model, path: str) -> int:
-  """Loads `path` into `backbone` by layer name; returns how many layers took weights."""
+  """Loads a .h5 file or a run folder's backbone (see `resolve`) into `backbone`; returns how
+  many layers took weights."""
+  if tf.io.gfile.isdir(path):
+    return _load_run_backbone(backbone, path)
+  return _load_h5(backbone, path)
+
+
+def _load_run_backbone(backbone: keras.Model, run_dir: str) -> int:
+  """The backbone of a run's best checkpoint: a model pretrained by this project (on
+  Fashion-MNIST, say) as the start of another run. Only the backbone: the adapter and the
+  head belong to the other dataset. Another image size fits; DenseNet121 has no
+  size-dependent weights without its top."""
+  source = backbone_of(runs.load_best_model(run_dir))
+  try:
+    backbone.set_weights(source.get_weights())
+  except ValueError as e:
+    raise UserError(f'--weights={run_dir}: its backbone does not fit this model '
+                    f'({str(e).splitlines()[0][:200]}); give a run of this trainer') from None
+  logging.info('Loaded the backbone of %s', run_dir)
+  return len([layer for layer in backbone.layers if layer.weights])
+
+
+def _load_h5(backbone: keras.Model, path: str) -> int:
   needed = {layer.name for layer in backbone.layers if layer.weights}
   in_file = layer_names_with_weights(path)
   missing = needed - in_file
@@ -93,6 +124,7 @@ def load_into_backbone(backbone: keras.Model, path: str) -> int:
   except (ValueError, OSError) as e:  # a shape that does not fit; a damaged dataset in the file
     raise UserError(f'--weights={path} does not fit DenseNet121 ({str(e).splitlines()[0][:200]}); '
                     'give a DenseNet121 weights file') from None
+  logging.info('Loaded %s into %d backbone layers', path, len(needed))
   return len(needed)
 
 

@@ -1,0 +1,142 @@
+"""Helpers the test modules share: tiny run flags, IDX files, no-network runs, event files.
+
+Fixtures live in conftest.py; plain functions and constants live here, so test modules
+import this module and never each other.
+"""
+import gzip
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from trainer import idx, main
+
+MOCK_EXAMPLES = 40
+# Flags of a run small enough for this CPU: 32x32 (DenseNet's minimum), a few steps.
+TINY_FLAGS = ['--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=2',
+              '--eval_steps=1', '--warmup_epochs=0.5']
+
+
+def train_with_flags(*argv):
+  """Parses `argv` as trainer.main's flags and runs it in this process; returns the test metrics."""
+  flags.FLAGS(['trainer.main', *argv])
+  return main.run()
+
+
+def event_tags(log_dir):
+  """Every summary tag written to the TensorBoard event files directly in `log_dir`."""
+  tags = set()
+  for path in tf.io.gfile.glob(os.path.join(log_dir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
+# ---- IDX files
+
+# Debian's dataset-fashion-mnist (.ci/run installs it): the four files, gzipped.
+FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+needs_fashion_mnist = pytest.mark.skipif(
+    not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
+
+
+def read_idx_file(path):
+  """The whole file as a numpy array, decoded here independently of trainer/idx.py."""
+  with gzip.open(path) if path.endswith('.gz') else open(path, 'rb') as f:
+    raw = f.read()
+  num_dims = raw[3]
+  dims = struct.unpack(f'>{num_dims}I', raw[4:4 + 4 * num_dims])
+  return np.frombuffer(raw, np.uint8, offset=4 + 4 * num_dims).reshape(dims)
+
+
+def as_arrays(ds):
+  """All images and labels of a dataset, read in large batches."""
+  batches = list(ds.batch(10_000).as_numpy_iterator())
+  return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def write_idx_dir(directory, images, labels, test_images=None, test_labels=None, compress=False):
+  """Writes the four MNIST files for uint8 `images` (N, 28, 28) and `labels` (N,)."""
+  os.makedirs(directory, exist_ok=True)
+  splits = {'train': (images, labels),
+            't10k': (images if test_images is None else test_images,
+                     labels if test_labels is None else test_labels)}
+  for prefix, (split_images, split_labels) in splits.items():
+    write_idx_file(os.path.join(directory, f'{prefix}-images-idx3-ubyte'), split_images,
+                   idx.IMAGES_MAGIC, compress)
+    write_idx_file(os.path.join(directory, f'{prefix}-labels-idx1-ubyte'), split_labels,
+                   idx.LABELS_MAGIC, compress)
+  return str(directory)
+
+
+def write_idx_file(path, array, magic, compress=False):
+  content = struct.pack(f'>{1 + array.ndim}I', magic, *array.shape) + array.astype(np.uint8).tobytes()
+  if compress:
+    path += '.gz'
+  with gzip.open(path, 'wb') if compress else open(path, 'wb') as f:
+    f.write(content)
+  return path
+
+
+def small_digits(n=12, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+          rng.integers(0, 10, n, dtype=np.uint8))
+
+
+# ---- No network, in this process and in a command.
+
+REPO = os.path.join(os.path.dirname(__file__), '..')
+# A short run: one epoch of two steps, only the head (and the conv stem) training.
+SHORT_RUN = [*TINY_FLAGS, '--epochs=1', '--train_mode=transfer', '--weights=none', '--noexport']
+
+
+def block_network(monkeypatch):
+  """Makes every Python socket fail as on a machine without a network; returns the attempts."""
+  attempts = []
+
+  def refuse(*args, **kwargs):
+    attempts.append(args[:2])
+    raise socket.gaierror(socket.EAI_NONAME, 'network disabled by the test')
+  monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+  monkeypatch.setattr(socket.socket, 'connect', refuse)
+  return attempts
+
+
+# Runs a module as `python -m` would, after disabling the network the same way.
+_OFFLINE_MAIN = '''
+import runpy, socket, sys
+def refuse(*args, **kwargs):
+  raise socket.gaierror(socket.EAI_NONAME, 'network disabled by the test')
+socket.getaddrinfo = refuse
+socket.socket.connect = refuse
+module, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_module(module, run_name='__main__', alter_sys=True)
+'''
+
+
+def run_offline(module, *argv, env=None):
+  """Runs `python -m module argv...` with no network; returns (the process's result, seconds)."""
+  start = time.perf_counter()
+  result = subprocess.run([sys.executable, '-c', _OFFLINE_MAIN, module, *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, **(env or {})})
+  return result, time.perf_counter() - start
+
+
+def error_line(result):
+  """The one line a bad input ends in; fails the test if it is not `error: ...` alone."""
+  assert result.returncode != 0, result.stdout[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: '), result.stderr[-2000:]
+  return last
+
+

@@ -1,0 +1,132 @@
+"""What `fit` does at each epoch's end, and what TensorBoard shows beyond Keras's scalars.
+
+At an epoch's end the callbacks run in the order `training_callbacks` gives; the
+order matters when a run is killed between two of them (see there).
+"""
+import dataclasses
+import math
+import os
+import time
+from typing import List, Optional
+
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
+
+from trainer import runs
+from trainer.config import TrainConfig
+from trainer.errors import UserError
+from trainer.keras_lib import keras
+from trainer.model import preprocessing_model
+
+NUM_LOGGED_IMAGES = 8
+
+
+def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str,
+                       backbone_trainable: bool, steps_per_epoch: int,
+                       best_so_far: Optional[float]) -> List[keras.callbacks.Callback]:
+  """`out_dir` is the run folder on the chief, a throwaway folder on other workers."""
+  return [
+      EpochScalars(backbone_trainable),  # first: it adds to the logs the others write
+      # Before anything is written for an epoch that cannot be trusted.
+      StopOnBadEpoch(),
+      keras.callbacks.ModelCheckpoint(
+          runs.path(out_dir, runs.BEST_CHECKPOINT), monitor='val_accuracy', mode='max',
+          save_best_only=True, save_weights_only=True,
+          # A resumed run must beat what it already saved, never overwrite a better checkpoint.
+          # So the checkpoint comes before the history that this threshold is read from.
+          initial_value_threshold=best_so_far),
+      keras.callbacks.CSVLogger(runs.path(out_dir, runs.HISTORY_FILE), append=True),
+      keras.callbacks.TensorBoard(runs.path(out_dir, runs.LOG_DIR), update_freq='epoch',
+                                  profile_batch=config.profile_steps or 0),
+      Throughput(runs.path(out_dir, runs.LOG_DIR), config.batch_size * steps_per_epoch),
+      # Preemption: a restarted run resumes this stage after its last backed-up epoch. Last,
+      # so that an epoch counts as done only once its checkpoint and history are written
+      # (a resumed run trims history rows of epochs the backup did not record).
+      keras.callbacks.BackupAndRestore(runs.backup_dir(config.run_dir, stage_name)),
+  ]
+
+
+class EpochScalars(keras.callbacks.Callback):
+  """Adds the learning rate and the backbone's state to each epoch's logs and history."""
+
+  def __init__(self, backbone_trainable: bool):
+    super().__init__()
+    self.backbone_trainable = backbone_trainable
+
+  def on_epoch_end(self, epoch, logs=None):
+    optimizer = self.model.optimizer
+    schedule = optimizer.learning_rate
+    # get_value, not float(): under a distribution strategy the rate is a MirroredVariable.
+    logs['learning_rate'] = float(keras.backend.get_value(
+        schedule(optimizer.iterations) if callable(schedule) else schedule))
+    logs['backbone_trainable'] = float(self.backbone_trainable)
+
+
+class Throughput(keras.callbacks.Callback):
+  """Examples per second of each epoch, in TensorBoard only: history.csv stays a pure
+  function of the settings, so two --deterministic runs write the same file."""
+
+  def __init__(self, log_dir: str, examples_per_epoch: int):
+    super().__init__()
+    self.writer = tf.summary.create_file_writer(os.path.join(log_dir, 'train'))
+    self.examples_per_epoch = examples_per_epoch
+    self.epoch_start = 0.0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch_start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    rate = self.examples_per_epoch / (time.perf_counter() - self.epoch_start)
+    with self.writer.as_default():
+      tf.summary.scalar('epoch_examples_per_second', rate, step=epoch)
+    self.writer.flush()
+
+
+class StopOnBadEpoch(keras.callbacks.Callback):
+  """Ends training with one line at the first non-finite loss, or at an epoch without
+  validation metrics, before a checkpoint or the history records it."""
+
+  def __init__(self):
+    super().__init__()
+    self.epoch = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    loss = (logs or {}).get('loss')
+    if loss is not None and not math.isfinite(loss):
+      raise UserError(f'the training loss became {loss} at epoch {self.epoch + 1}, step '
+                      f'{batch + 1}: training diverged; start a new run with a lower '
+                      '--learning_rate (the checkpoints of earlier epochs are kept)')
+
+  def on_epoch_end(self, epoch, logs=None):
+    if 'val_accuracy' not in (logs or {}):
+      raise UserError(f'epoch {epoch + 1} ended without validation metrics, so its '
+                      'checkpoint could not be chosen; check that the validation split is not '
+                      'empty (--validation_split, --eval_steps)')
+
+
+def log_hparams(log_dir: str, config: TrainConfig, metrics: dict, precision: str, replicas: int):
+  """The run's settings and test metrics for the HParams dashboard, so runs compare side by side."""
+  settings = {**dataclasses.asdict(config), **dataclasses.asdict(config.model),
+              'precision': precision, 'replicas': replicas}
+  # HParams takes only bool, int, float and str values; the paths say nothing about the result.
+  hparams = {name: value for name, value in settings.items()
+             if isinstance(value, (bool, int, float, str)) and name not in ('run_dir', 'data_dir')}
+  with tf.summary.create_file_writer(log_dir).as_default():
+    hparams_api.hparams(hparams, trial_id=os.path.basename(os.path.normpath(config.run_dir)))
+    for name, value in metrics.items():
+      tf.summary.scalar(name, value, step=config.epochs)
+
+
+def log_preprocessed_images(model: keras.Model, dataset: tf.data.Dataset, log_dir: str):
+  """The first images of the unbatched `dataset` as the backbone receives them, rescaled
+  per image to [0, 1] for display."""
+  images, _ = next(iter(dataset.take(NUM_LOGGED_IMAGES).batch(NUM_LOGGED_IMAGES)))
+  seen = preprocessing_model(model)(images, training=False)
+  low = tf.reduce_min(seen, axis=[1, 2, 3], keepdims=True)
+  high = tf.reduce_max(seen, axis=[1, 2, 3], keepdims=True)
+  with tf.summary.create_file_writer(os.path.join(log_dir, 'train')).as_default():
+    tf.summary.image('preprocessed_inputs', (seen - low) / (high - low + 1e-6), step=0,
+                     max_outputs=NUM_LOGGED_IMAGES)
