@@ -52,8 +52,9 @@ def tiny_run(tmp_path_factory, notop_weights_file):
   run_dir = str(root / 'run')
   flags.FLAGS.unparse_flags()
   with tfds.testing.mock_data(num_examples=helpers.MOCK_EXAMPLES):
-    metrics = helpers.train_with_flags(*helpers.TINY_FLAGS, '--adapter=rgb', f'--weights={notop_weights_file}',
-                               f'--run_dir={run_dir}', f'--data_dir={root / "tfds"}')
+    metrics = helpers.train_with_flags(*helpers.TINY_FLAGS, '--adapter=rgb',
+                                       f'--weights={notop_weights_file}', f'--run_dir={run_dir}',
+                                       f'--data_dir={root / "tfds"}')
   flags.FLAGS.unparse_flags()
   assert os.path.exists(os.path.join(run_dir, 'metrics.json')), metrics
   return run_dir
