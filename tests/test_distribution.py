@@ -270,3 +270,12 @@ def test_a_lost_worker_ends_in_one_line(monkeypatch):
                                       r'\(UnavailableError\); .* restart every worker'):
     with distribution.lost_workers_as_user_errors():
       raise lost
+
+
+def test_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text('flags\t\t: fpu vme avx2 avx512f avx512_bf16 amx_tile\n')
+  assert distribution.cpu_has_bfloat16(str(cpuinfo))
+  cpuinfo.write_text('flags\t\t: fpu vme avx2 avx512f\n')
+  assert not distribution.cpu_has_bfloat16(str(cpuinfo))
+  assert not distribution.cpu_has_bfloat16(str(tmp_path / 'missing'))

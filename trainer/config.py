@@ -77,7 +77,7 @@ class TrainConfig:
   deterministic: bool = setting(False, "TensorFlow's op determinism: the same flags on the same "
                                 'machine give the same history and metrics (slower).')
   # ---- Outputs
-  run_dir: Optional[str] = setting(None, 'Run folder (default $AIP_MODEL_DIR, else '
+  run_dir: str = setting('', 'Run folder (default $AIP_MODEL_DIR, else '
                                    'runs/<run_name>); an existing one is resumed.')
   run_name: str = setting('', 'Name of the run folder under runs/ (default: the start time).')
   export: bool = setting(True, 'Export a SavedModel that takes raw images at the end.')

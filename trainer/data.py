@@ -87,7 +87,8 @@ def _offline_fixes(name):
 def tfds_builder(name, data_dir):
   try:
     return tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError:
+  # ValueError: a string tfds cannot parse as a name, e.g. a path.
+  except (tfds.core.registered.DatasetNotFoundError, ValueError):
     raise UserError(f'--dataset={name!r} is not a tensorflow-datasets name; see '
                     f'https://www.tensorflow.org/datasets/catalog, or use idx:DIR or synthetic') from None
 

@@ -87,7 +87,7 @@ def evaluate(model, test_batches, num_classes: int) -> Evaluation:
   """One pass over `test_batches` of (uint8 images, labels)."""
   confusion = np.zeros((num_classes, num_classes), np.int64)
   total_loss = 0.0
-  mistakes = []
+  mistakes: List[Mistake] = []
   for images, labels in test_batches:
     probabilities = model.predict_on_batch(images)
     labels = labels.numpy()

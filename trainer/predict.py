@@ -171,8 +171,8 @@ def predict_files(model_dir: str, paths: Sequence[str], invert: str = 'auto') ->
   # Every file is read before the (slower) model loads: a bad one fails the command early.
   images = [read_image(path) for path in paths]
   signature, image_shape = load_signature(model_dir)
-  images = np.stack([to_model_input(image, image_shape, invert) for image in images])
-  probabilities, classes = predict(signature, images)
+  inputs = np.stack([to_model_input(image, image_shape, invert) for image in images])
+  probabilities, classes = predict(signature, inputs)
   return [{'file': path, 'class': int(c), 'probability': float(p[c]),
            'probabilities': [float(v) for v in p]}
           for path, c, p in zip(paths, classes, probabilities)]

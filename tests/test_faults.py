@@ -1,0 +1,98 @@
+"""Faults as a hostile user meets them: each ends in one line and loses nothing finished."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import REPO, error_line, run_offline
+from trainer import runs
+
+# A run long enough to interfere with: epochs of 40 steps on synthetic digits.
+LONG_RUN = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
+            '--train_mode=transfer', '--epochs=3', '--steps_per_epoch=40', '--eval_steps=1',
+            '--noexport']
+
+
+def start(run_dir, log_path, *extra):
+  with open(log_path, 'w') as log:
+    return subprocess.Popen([sys.executable, '-m', 'trainer.main', *LONG_RUN, *extra,
+                             f'--run_dir={run_dir}'], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+
+
+def wait_for(condition, process, log_path, what):
+  deadline = time.monotonic() + 600
+  while not condition():
+    assert process.poll() is None, f'the run ended before {what}:\n' + log_path.read_text()[-3000:]
+    assert time.monotonic() < deadline, f'no {what} in 10 minutes'
+    time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_a_folder_is_refused_and_sigterm_ends_the_first_in_one_line(tmp_path):
+  run_dir, log = tmp_path / 'run', tmp_path / 'first.log'
+  first = start(run_dir, log)
+  try:
+    wait_for(lambda: 'Epoch 1/3' in log.read_text(), first, log, 'the first epoch')
+    second, _ = run_offline('trainer.main', *LONG_RUN, f'--run_dir={run_dir}')
+    assert f'{run_dir} is in use by process' in error_line(second)
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=120)
+  finally:
+    first.kill()
+  assert first.returncode != 0
+  lines = log.read_text().strip().splitlines()
+  assert lines[-1] == ('error: interrupted; rerun the same command to resume from the last '
+                       'finished epoch'), lines[-20:]
+  assert 'Traceback' not in log.read_text()
+  assert not (run_dir / runs.LOCK_FILE).exists()
+  with open(run_dir / runs.HISTORY_FILE) if (run_dir / runs.HISTORY_FILE).exists() else \
+      open(os.devnull) as f:
+    assert all(row['val_accuracy'] for row in csv.DictReader(f))  # one writer, whole rows
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['--learning_rate=nan'], '--learning_rate must be a finite number'),
+    (['--warmup_epochs=inf'], '--warmup_epochs must be a finite number'),
+    (['--dataset=../../etc/passwd'], 'is not a tensorflow-datasets name'),
+    (['--flagfile=no/such.cfg'], 'check the path given to --flagfile'),
+    (['positional'], "unexpected arguments ['positional']"),
+])
+def test_bad_input_ends_in_one_line(tmp_path, argv, expected):
+  result, _ = run_offline('trainer.main', '--weights=none', f'--run_dir={tmp_path / "run"}', *argv)
+  assert expected in error_line(result)
+
+
+def test_a_failed_start_leaves_no_settings_that_refuse_the_corrected_command(tmp_path):
+  run_dir = tmp_path / 'run'
+  result, _ = run_offline('trainer.main', '--weights=/nonexistent.h5', f'--run_dir={run_dir}')
+  assert '--weights=/nonexistent.h5: no such file' in error_line(result)
+  assert not (run_dir / runs.CONFIG_FILE).exists()
+  assert not (run_dir / runs.LOCK_FILE).exists()
+
+
+def test_a_run_dir_that_is_a_file_ends_in_one_line(tmp_path):
+  (tmp_path / 'file').write_text('')
+  result, _ = run_offline('trainer.main', '--weights=none', f'--run_dir={tmp_path / "file"}')
+  assert 'is a file, not a folder' in error_line(result)
+
+
+@pytest.mark.slow
+def test_deterministic_runs_write_the_same_history_and_metrics(tmp_path):
+  outputs = []
+  for name in ('first', 'second'):
+    run_dir = tmp_path / name
+    result = subprocess.run(
+        [sys.executable, '-m', 'trainer.main', '--dataset=synthetic', '--weights=none',
+         '--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=3', '--eval_steps=2',
+         '--augment', '--dropout=0.2', '--seed=7', '--deterministic', '--noexport',
+         f'--run_dir={run_dir}'], cwd=REPO, capture_output=True, text=True, timeout=900,
+        check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs.append(((run_dir / runs.HISTORY_FILE).read_text(),
+                    (run_dir / runs.METRICS_FILE).read_text()))
+  assert outputs[0] == outputs[1]
