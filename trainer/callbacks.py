@@ -86,7 +86,7 @@ class StopOnBadEpoch(keras.callbacks.Callback):
   """Ends training with one line at the first non-finite loss, or at an epoch without
   validation metrics, before a checkpoint or the history records it."""
 
-  def __init__(self):
+  def __init__(self) -> None:
     super().__init__()
     self.epoch = 0
 
@@ -107,7 +107,8 @@ class StopOnBadEpoch(keras.callbacks.Callback):
                       'empty (--validation_split, --eval_steps)')
 
 
-def log_hparams(log_dir: str, config: TrainConfig, metrics: dict, precision: str, replicas: int):
+def log_hparams(log_dir: str, config: TrainConfig, metrics: dict, precision: str,
+                replicas: int) -> None:
   """The run's settings and test metrics for the HParams dashboard, so runs compare side by side."""
   settings = {**dataclasses.asdict(config), **dataclasses.asdict(config.model),
               'precision': precision, 'replicas': replicas}
@@ -120,7 +121,7 @@ def log_hparams(log_dir: str, config: TrainConfig, metrics: dict, precision: str
       tf.summary.scalar(name, value, step=config.epochs)
 
 
-def log_preprocessed_images(model: keras.Model, dataset: tf.data.Dataset, log_dir: str):
+def log_preprocessed_images(model: keras.Model, dataset: tf.data.Dataset, log_dir: str) -> None:
   """The first images of the unbatched `dataset` as the backbone receives them, rescaled
   per image to [0, 1] for display."""
   images, _ = next(iter(dataset.take(NUM_LOGGED_IMAGES).batch(NUM_LOGGED_IMAGES)))

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import typing
-from typing import Callable, Iterable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional, Type
 
 # Set before TensorFlow loads, which the commands' other imports do.
 # TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) buries the training log.
@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 # ---- Flags from dataclass fields
 
 
-def define_flags(config_class, names: Optional[Iterable[str]] = None):
+def define_flags(config_class: Type[Any], names: Optional[Iterable[str]] = None) -> None:
   """Defines a flag for each field of `config_class` (nested dataclasses flattened), or for
   `names` only. A flag defined already (two commands in one process) is left as it is."""
   for field, kind in _flag_fields(config_class):
@@ -41,7 +41,7 @@ def define_flags(config_class, names: Optional[Iterable[str]] = None):
       _define(field, kind)
 
 
-def flag_names(config_class) -> List[str]:
+def flag_names(config_class: Type[Any]) -> List[str]:
   """The flags that set `config_class`, nested dataclasses flattened."""
   return [field.name for field, _ in _flag_fields(config_class)]
 
@@ -75,7 +75,7 @@ def _define(field, kind):
     flags.DEFINE_string(field.name, default, meta['help'])
 
 
-def config_from_flags(config_class, **overrides):
+def config_from_flags(config_class: Type[Any], **overrides: Any) -> Any:
   """An instance of `config_class` from the parsed flags (nested dataclasses too)."""
   values = {}
   for field in dataclasses.fields(config_class):
@@ -86,7 +86,7 @@ def config_from_flags(config_class, **overrides):
   return config_class(**{**values, **overrides})
 
 
-def required_flag(name: str):
+def required_flag(name: str) -> Any:
   """The value of flag `name`, which this command needs although other commands do not."""
   if not FLAGS[name].value:
     raise UserError(f'--{name} is required: {FLAGS[name].help}')
@@ -97,19 +97,19 @@ def required_flag(name: str):
 
 
 def run(main: Callable[[list], None], *, takes_arguments: bool = False,
-        on_interrupt: str = 'stopped'):
+        on_interrupt: str = 'stopped') -> None:
   """Like absl's app.run, but flag errors, UserErrors, Ctrl-C and SIGTERM end in one line.
 
   `main` gets the positional arguments if `takes_arguments`; otherwise any is refused.
   `on_interrupt` says what a stopped command means to the user (e.g. how to resume).
   """
-  def parse_flags(argv):
+  def parse_flags(argv: List[str]) -> List[str]:
     try:
       return FLAGS(argv)
     except flags.Error as e:
       sys.exit(f'error: {_one_line(e)}')
 
-  def main_with_clear_errors(argv):
+  def main_with_clear_errors(argv: List[str]) -> None:
     quiet_library_logs()
     # SIGTERM (a scheduler's stop, `kill`) ends the command like Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -137,7 +137,7 @@ def _one_line(error: Exception) -> str:
   return text
 
 
-def quiet_library_logs():
+def quiet_library_logs() -> None:
   """TensorFlow logs every checkpoint write at INFO; the commands log their own progress.
 
   --verbosity=-1 or lower hides the commands' own INFO lines too.

@@ -5,7 +5,7 @@ absl flags (`--image_size`, `--epochs`, ...), and a run folder's config.json is 
 dataclasses as JSON. Everything else takes plain values from a config.
 """
 import dataclasses
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 ADAPTERS = ('rgb', 'conv')
 HEADS = ('gap', 'flatten')
@@ -17,7 +17,8 @@ MIN_IMAGE_SIZE = 32  # the smallest input keras.applications' DenseNet121 accept
 REFERENCE_BATCH_SIZE = 256
 
 
-def setting(default, help_text: str, *, lower=None, upper=None, choices=None):
+def setting(default: Any, help_text: str, *, lower: Optional[float] = None,
+            upper: Optional[float] = None, choices: Optional[Tuple[str, ...]] = None) -> Any:
   """A dataclass field that is also a command-line flag; see cli.define_flags."""
   return dataclasses.field(default=default, metadata={
       'help': help_text, 'lower': lower, 'upper': upper, 'choices': choices})

@@ -60,7 +60,8 @@ def _tfds_splits(name, data_dir, validation_split, download):
   return Splits(read(f'train[:{percent}%]'), read(f'train[{percent}%:]'), read('test'), info)
 
 
-def prepared_builder(name, data_dir, download):
+def prepared_builder(name: str, data_dir: Optional[str],
+                     download: bool) -> tfds.core.DatasetBuilder:
   """The tfds builder of `name`, its data prepared in `data_dir`; downloads only if it is missing.
 
   A prepared dataset is read from disk with no network access at all.
@@ -84,7 +85,7 @@ def _offline_fixes(name):
           f'--data_dir=DIR')
 
 
-def tfds_builder(name, data_dir):
+def tfds_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
   try:
     return tfds.builder(name, data_dir=data_dir)
   # ValueError: a string tfds cannot parse as a name, e.g. a path.
@@ -93,7 +94,7 @@ def tfds_builder(name, data_dir):
                     f'https://www.tensorflow.org/datasets/catalog, or use idx:DIR or synthetic') from None
 
 
-def download_and_prepare(builder):
+def download_and_prepare(builder: tfds.core.DatasetBuilder) -> None:
   """Downloads from the dataset's source; never probes the prepared copies on GCS."""
   try:
     with _fail_fast_downloads():
@@ -124,7 +125,7 @@ def _fail_fast_downloads(socket_timeout_s=60):
     socket.setdefaulttimeout(saved[1])
 
 
-def image_classification_features(builder) -> DatasetInfo:
+def image_classification_features(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
   features = builder.info.features
   if 'image' not in features or 'label' not in features:
     raise UserError(f'--dataset={builder.name!r} has no image and label features; '
@@ -155,9 +156,10 @@ def _synthetic_splits(validation_split):
                             tuple(str(i) for i in range(SYNTHETIC_CLASSES))))
 
 
-def synthetic_dataset(size, seed, image_shape=SYNTHETIC_SHAPE, num_classes=SYNTHETIC_CLASSES):
+def synthetic_dataset(size: int, seed: int, image_shape: Tuple[int, int, int] = SYNTHETIC_SHAPE,
+                      num_classes: int = SYNTHETIC_CLASSES) -> tf.data.Dataset:
   """Random uint8 images and labels, each a pure function of its index: no I/O, same every epoch."""
-  def example(i):
+  def example(i: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     image_seed = tf.stack([tf.cast(i, tf.int32), seed])
     image = tf.random.stateless_uniform(image_shape, image_seed, maxval=256, dtype=tf.int32)
     label = tf.random.stateless_uniform([], image_seed + 1, maxval=num_classes, dtype=tf.int64)
@@ -165,7 +167,7 @@ def synthetic_dataset(size, seed, image_shape=SYNTHETIC_SHAPE, num_classes=SYNTH
   return tf.data.Dataset.range(size).map(example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def num_examples(ds) -> int:
+def num_examples(ds: tf.data.Dataset) -> int:
   size = int(ds.cardinality())
   if size < 0:
     raise ValueError('dataset size is unknown; the pipeline needs datasets of known size')
@@ -195,7 +197,7 @@ def training_batches(ds: tf.data.Dataset, batch_size: int, *, seed: int = 0,
   images, labels = in_memory(ds)
   size = num_examples(ds)
 
-  def example(n):
+  def example(n: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     position = tf.random.experimental.index_shuffle(
         n % size, tf.stack([tf.constant(seed, tf.int64), n // size]), tf.constant(size - 1, tf.int64))
     return tf.gather(images, position), tf.gather(labels, position)
@@ -226,7 +228,7 @@ def _distributable(ds):
   return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def steps_per_epoch(ds, batch_size: int) -> int:
+def steps_per_epoch(ds: tf.data.Dataset, batch_size: int) -> int:
   """Full training batches in one pass over `ds`."""
   steps = num_examples(ds) // batch_size
   if steps == 0:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+from typing import Iterator
 
 import tensorflow as tf
 from absl import logging
@@ -108,7 +109,7 @@ def _capability(gpu):
   return tf.config.experimental.get_device_details(gpu).get('compute_capability', (0, 0))
 
 
-def set_precision(policy: str):
+def set_precision(policy: str) -> None:
   """Sets the Keras policy for every layer built afterwards; the output softmax stays float32."""
   keras.mixed_precision.set_global_policy(policy)
 
@@ -124,7 +125,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   return resolver.task_type == 'worker' and resolver.task_id == 0 and not has_chief
 
 
-def barrier(strategy: tf.distribute.Strategy):
+def barrier(strategy: tf.distribute.Strategy) -> None:
   """Returns once every worker has called it: an all-reduce cannot finish before all take part.
 
   Workers read files that only the chief writes (the best checkpoint); without this a
@@ -135,7 +136,7 @@ def barrier(strategy: tf.distribute.Strategy):
   strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
 
 
-def check_shared_run_dir(run_dir_flags_given: bool):
+def check_shared_run_dir(run_dir_flags_given: bool) -> None:
   """A multi-worker run needs one run folder that every worker names the same way.
 
   The default folder is named after the start time, which differs between workers.
@@ -147,7 +148,7 @@ def check_shared_run_dir(run_dir_flags_given: bool):
 
 
 @contextlib.contextmanager
-def lost_workers_as_user_errors():
+def lost_workers_as_user_errors() -> Iterator[None]:
   """Under TF_CONFIG, a worker that died or hung ends the others with one line, not a traceback.
 
   TensorFlow notices a dead worker by its missing heartbeats (UnavailableError, within
@@ -175,9 +176,9 @@ class OutputDir:
     self.chief = chief
     self.path = run_dir if chief else tempfile.mkdtemp(prefix='worker_')
 
-  def __enter__(self):
+  def __enter__(self) -> str:
     return self.path
 
-  def __exit__(self, *exc):
+  def __exit__(self, *exc: object) -> None:
     if not self.chief:
       shutil.rmtree(self.path, ignore_errors=True)

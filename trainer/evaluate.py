@@ -83,7 +83,7 @@ def evaluate_run(run_dir: str) -> Evaluation:
   return evaluation
 
 
-def evaluate(model, test_batches, num_classes: int) -> Evaluation:
+def evaluate(model: keras.Model, test_batches: tf.data.Dataset, num_classes: int) -> Evaluation:
   """One pass over `test_batches` of (uint8 images, labels)."""
   confusion = np.zeros((num_classes, num_classes), np.int64)
   total_loss = 0.0
@@ -141,7 +141,7 @@ def _table(header, rows) -> str:
 # ---- TensorBoard
 
 
-def write_to_tensorboard(evaluation: Evaluation, report: str, log_dir: str):
+def write_to_tensorboard(evaluation: Evaluation, report: str, log_dir: str) -> None:
   with tf.summary.create_file_writer(log_dir).as_default():
     tf.summary.scalar('test_loss', evaluation.loss, step=0)
     tf.summary.scalar('test_accuracy', evaluation.accuracy, step=0)
@@ -202,11 +202,11 @@ def misclassified_grid(mistakes: List[Mistake]) -> np.ndarray:
   return np.asarray(grid)
 
 
-def main(_):
+def main(_: List[str]) -> None:
   evaluate_run(cli.required_flag('run_dir'))
 
 
-def entry_point():
+def entry_point() -> None:
   """The console script (see setup.cfg); python -m trainer.evaluate runs it too."""
   cli.run(main)
 

@@ -15,6 +15,8 @@ dataset.json, so exporting never needs the dataset.
 # First: trainer.cli sets TensorFlow's environment, which TensorFlow reads as it loads.
 from trainer import cli  # isort: skip
 
+from typing import Dict, List
+
 import tensorflow as tf
 from absl import logging
 
@@ -44,11 +46,11 @@ def export_model(model: keras.Model, out_dir: str) -> str:
   return export_dir
 
 
-def serving_signature(model: keras.Model):
+def serving_signature(model: keras.Model) -> tf.types.experimental.PolymorphicFunction:
   """uint8 images at the stored shape in; class probabilities and the predicted class out."""
   image_shape = model.input_shape[1:]  # the model takes the images as the dataset stores them
   @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.uint8, name='images')])
-  def serve(images):
+  def serve(images: tf.Tensor) -> Dict[str, tf.Tensor]:
     probabilities = model(images, training=False)
     return {'probabilities': probabilities,
             'classes': tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
@@ -60,11 +62,11 @@ def export_run(run_dir: str) -> str:
   return export_model(runs.load_best_model(run_dir), run_dir)
 
 
-def main(_):
+def main(_: List[str]) -> None:
   print(export_run(cli.required_flag('run_dir')))
 
 
-def entry_point():
+def entry_point() -> None:
   """The console script (see setup.cfg); python -m trainer.export runs it too."""
   cli.run(main)
 

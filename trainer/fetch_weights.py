@@ -10,6 +10,8 @@ A file that is already there and whose checksum matches is not downloaded again.
 # First: trainer.cli sets TensorFlow's environment, which TensorFlow reads as it loads.
 from trainer import cli  # isort: skip
 
+from typing import List
+
 from absl import flags
 
 from trainer import weights
@@ -20,12 +22,12 @@ flags.DEFINE_string('cache_dir', None, 'Folder to put the weights file in (defau
 FLAGS = flags.FLAGS
 
 
-def main(_):
+def main(_: List[str]) -> None:
   path = weights.imagenet_file(FLAGS.cache_dir or weights.keras_cache_dir())
   print(path)
 
 
-def entry_point():
+def entry_point() -> None:
   """The console script (see setup.cfg); python -m trainer.fetch_weights runs it too."""
   cli.run(main)
 

@@ -8,6 +8,7 @@ import gzip
 import math
 import os
 import struct
+from typing import Tuple
 
 import tensorflow as tf
 
@@ -21,7 +22,7 @@ SPLIT_PREFIXES = {'train': 'train', 'test': 't10k'}
 DECODE_CHUNK = 1024  # records decoded per op
 
 
-def load_idx_dir(directory):
+def load_idx_dir(directory: str) -> Tuple[tf.data.Dataset, tf.data.Dataset]:
   """Returns the (train, test) datasets of uint8 (28, 28, 1) images and int64 labels in `directory`."""
   if not os.path.isdir(directory):
     raise UserError(f'--dataset=idx:{directory}: no such folder; give the folder that holds '
@@ -29,7 +30,7 @@ def load_idx_dir(directory):
   return tuple(load_idx_split(directory, prefix) for prefix in SPLIT_PREFIXES.values())
 
 
-def load_idx_split(directory, prefix):
+def load_idx_split(directory: str, prefix: str) -> tf.data.Dataset:
   images_path = _find(directory, f'{prefix}-images-idx3-ubyte')
   labels_path = _find(directory, f'{prefix}-labels-idx1-ubyte')
   num_images, rows, cols = read_header(images_path, IMAGES_MAGIC, 3)
@@ -70,7 +71,7 @@ def _find(directory, stem):
                   'files (train-images, train-labels, t10k-images, t10k-labels)')
 
 
-def read_header(path, magic, num_dims):
+def read_header(path: str, magic: int, num_dims: int) -> Tuple[int, ...]:
   """Checks the magic number and the file's length; returns the dimension sizes."""
   header_bytes = 4 * (1 + num_dims)
   try:

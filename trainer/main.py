@@ -13,7 +13,9 @@ from trainer import cli  # isort: skip
 import contextlib
 import dataclasses
 import os
+from typing import List, Optional
 
+import tensorflow as tf
 from absl import flags
 
 from trainer import data, distribution, runs, train, weights
@@ -53,7 +55,8 @@ def resolved_flags_text() -> str:
   return ''.join(flags.FLAGS[name].serialize() + '\n' for name in cli.flag_names(TrainConfig))
 
 
-def run(splits_override=None, strategy_override=None) -> dict:
+def run(splits_override: Optional[data.Splits] = None,
+        strategy_override: Optional[tf.distribute.Strategy] = None) -> dict:
   """Trains as the flags say; tests inject small datasets and strategies."""
   config = config_from_flags()
   distribution.check_shared_run_dir(
@@ -83,11 +86,11 @@ def run(splits_override=None, strategy_override=None) -> dict:
       return train.train_and_evaluate(config, splits, strategy, start_weights)
 
 
-def main(_):
+def main(_: List[str]) -> None:
   run()
 
 
-def entry_point():
+def entry_point() -> None:
   """The console script (see setup.cfg); python -m trainer.main runs it too."""
   cli.run(main, on_interrupt='rerun the same command to resume from the last finished epoch')
 

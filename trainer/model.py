@@ -7,6 +7,8 @@ Every step runs in the graph, on the accelerator, and travels with an exported m
 The preprocessing layers are float32 even under mixed precision: they are cheap,
 and resizing in float16 would round the pixels the pretrained weights expect.
 """
+from typing import Tuple
+
 from trainer.config import ADAPTERS, HEADS, ModelConfig
 from trainer.keras_lib import keras
 from trainer.resize import MatmulResize
@@ -18,7 +20,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_model(config: ModelConfig, input_shape, num_classes) -> keras.Model:
+def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
+                num_classes: int) -> keras.Model:
   """The whole classifier; the backbone starts random, see trainer/weights.py for ImageNet."""
   images = keras.Input(shape=input_shape, dtype='uint8', name='images')
   x = keras.layers.Rescaling(1 / 255, dtype='float32', name='scale')(images)
@@ -89,6 +92,6 @@ def preprocessing_model(model: keras.Model) -> keras.Model:
   return keras.Model(model.input, model.get_layer(BACKBONE_INPUT).output, name='preprocessing')
 
 
-def set_backbone_trainable(model: keras.Model, trainable: bool):
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
   """Freezes or unfreezes the backbone; takes effect at the next compile()."""
   backbone_of(model).trainable = trainable

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 import warnings
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -43,7 +43,8 @@ BORDER = 0.1  # the outer tenth of each side counts as the border
 WHITE_LEVEL_UNKNOWN = {'F': 'floating-point', 'I': '32-bit or signed integer'}
 
 
-def load_signature(model_dir: str):
+def load_signature(
+    model_dir: str) -> Tuple[tf.types.experimental.ConcreteFunction, Tuple[int, int, int]]:
   """The export's serving signature, and the (H, W, C) uint8 images it takes."""
   if not tf.saved_model.contains_saved_model(model_dir):
     raise UserError(f'{model_dir} is not a SavedModel (no saved_model.pb); give the export '
@@ -99,7 +100,8 @@ def _to_8_bits(image: Image.Image) -> Image.Image:
   return eight_bits
 
 
-def to_model_input(image: Image.Image, image_shape, invert: str = 'auto') -> np.ndarray:
+def to_model_input(image: Image.Image, image_shape: Tuple[int, int, int],
+                   invert: str = 'auto') -> np.ndarray:
   """`image` as the dataset stores its images: uint8 (H, W, C), the model's input."""
   height, width, channels = image_shape
   image = _flatten_transparency(image).convert('L' if channels == 1 else 'RGB')
@@ -155,7 +157,8 @@ def _border_color(image: Image.Image):
   return int(median) if median.ndim == 0 else tuple(int(v) for v in median)
 
 
-def predict(signature, images: np.ndarray):
+def predict(signature: tf.types.experimental.ConcreteFunction,
+            images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   """(probabilities, classes) for a stack of model inputs, in batches."""
   outputs = [signature(images=tf.constant(images[start:start + BATCH_SIZE]))
              for start in range(0, len(images), BATCH_SIZE)]
@@ -197,13 +200,13 @@ class PredictConfig:
 cli.define_flags(PredictConfig)
 
 
-def main(paths: List[str]):
+def main(paths: List[str]) -> None:
   config = cli.config_from_flags(PredictConfig)
   predictions = predict_files(cli.required_flag('model'), paths, config.invert)
   print(json.dumps(predictions, indent=2) if config.json else format_predictions(predictions))
 
 
-def entry_point():
+def entry_point() -> None:
   """The console script (see setup.cfg); python -m trainer.predict runs it too."""
   cli.run(main, takes_arguments=True)
 

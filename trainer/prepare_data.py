@@ -14,7 +14,7 @@ shuffles them into the same order): tfds.builder(NAME, data_dir=DIR) finds it pr
 # First: trainer.cli sets TensorFlow's environment, which TensorFlow reads as it loads.
 from trainer import cli  # isort: skip
 
-from typing import Optional
+from typing import List, Optional
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -45,7 +45,7 @@ def prepare(name: str, data_dir: Optional[str], from_idx: Optional[str] = None,
   return data.prepared_builder(name, data_dir, download=download and not from_idx).data_dir
 
 
-def build_from_idx(registered, idx_dir):
+def build_from_idx(registered: tfds.core.DatasetBuilder, idx_dir: str) -> None:
   """Writes the IDX files in `idx_dir` as tfds's `registered` dataset would be written."""
   _check_idx_shaped(registered)
   train, test = idx.load_idx_dir(idx_dir)
@@ -83,7 +83,7 @@ def _keyed_examples(ds):
     yield key, {'image': png, 'label': label}
 
 
-def main(_):
+def main(_: List[str]) -> None:
   if FLAGS.dataset == data.SYNTHETIC or FLAGS.dataset.startswith(data.IDX_PREFIX):
     raise UserError(f'--dataset={FLAGS.dataset} needs no preparing; give a tensorflow-datasets '
                     'name such as mnist')
@@ -94,7 +94,7 @@ def main(_):
         '--nodownload')
 
 
-def entry_point():
+def entry_point() -> None:
   """The console script (see setup.cfg); python -m trainer.prepare_data runs it too."""
   cli.run(main)
 

@@ -20,7 +20,7 @@ On GPUs that allow TensorFloat-32 (TensorFlow's default on Ampere and later), th
 run in TF32 like the rest of the model's float32 matmuls and convolutions: about 1e-3
 relative error instead of 1e-7.
 """
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -52,7 +52,8 @@ class MatmulResize(keras.layers.Layer):
   with any number of channels, and returns them resized in the layer's compute dtype.
   """
 
-  def __init__(self, height: int, width: int, interpolation: str = 'bilinear', **kwargs):
+  def __init__(self, height: int, width: int, interpolation: str = 'bilinear',
+               **kwargs: Any) -> None:
     super().__init__(**kwargs)
     if interpolation not in INTERPOLATIONS:
       raise ValueError(f'unknown interpolation {interpolation!r}; '

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import socket
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 import tensorflow as tf
 
@@ -77,7 +77,7 @@ def default_run_dir(run_name: str = '') -> str:
 # ---- Claiming a folder: checks first, then the lock, then the settings
 
 
-def check_resumable(config: TrainConfig):
+def check_resumable(config: TrainConfig) -> None:
   """Refuses a finished or differently configured run folder; writes nothing."""
   run_dir = config.run_dir
   if tf.io.gfile.exists(path(run_dir, METRICS_FILE)):
@@ -98,7 +98,7 @@ def _changed_fields(old: TrainConfig, new: TrainConfig):
 
 
 @contextlib.contextmanager
-def locked(run_dir: str):
+def locked(run_dir: str) -> Iterator[None]:
   """Holds the folder's lock file for the block: a second process on the folder is refused.
 
   A lock left by a process of this host that no longer runs is taken over. On local
@@ -154,7 +154,7 @@ def _is_stale(holder: str) -> bool:
   return False
 
 
-def record_config(config: TrainConfig, flags_text: str):
+def record_config(config: TrainConfig, flags_text: str) -> None:
   """Writes config.json and flags.cfg: only once every check of the run has passed, so a
   failed start leaves nothing that would refuse the corrected command."""
   tf.io.gfile.makedirs(config.run_dir)
@@ -178,7 +178,7 @@ def load_config(run_dir: str) -> TrainConfig:
 # ---- What a run records
 
 
-def write_dataset_info(run_dir: str, info: DatasetInfo):
+def write_dataset_info(run_dir: str, info: DatasetInfo) -> None:
   _write(path(run_dir, DATASET_FILE), json.dumps(dataclasses.asdict(info), indent=2))
 
 
@@ -200,7 +200,7 @@ def read_dataset_info(run_dir: str) -> DatasetInfo:
   return info
 
 
-def write_metrics(run_dir: str, metrics: Dict[str, float]):
+def write_metrics(run_dir: str, metrics: Dict[str, float]) -> None:
   """metrics.json, which marks the run finished: finite numbers only, so it is strict JSON."""
   bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
   if bad:
@@ -237,7 +237,7 @@ def backed_up_epoch(run_dir: str, stage: str) -> Optional[int]:
   return int(reader.get_tensor('ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE'))
 
 
-def trim_history(run_dir: str, epochs: int):
+def trim_history(run_dir: str, epochs: int) -> None:
   """Keeps the first `epochs` rows of history.csv: a run killed after it logged an epoch
   but before the backup saved it trains that epoch again, and must not log it twice."""
   rows = _history_rows(run_dir)
@@ -284,7 +284,7 @@ def load_best_model(run_dir: str) -> keras.Model:
   return model
 
 
-def restore(model: keras.Model, checkpoint: str):
+def restore(model: keras.Model, checkpoint: str) -> None:
   """Loads `checkpoint` into every variable of `model`; ignores the optimizer's state in it.
 
   A damaged file, or a checkpoint of another model (config.json edited after training,

@@ -12,7 +12,7 @@ trainer/callbacks.py.
 """
 import dataclasses
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import tensorflow as tf
 from absl import logging
@@ -87,8 +87,9 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
   return metrics
 
 
-def train_stage(model, stage: Stage, config: TrainConfig, splits: data.Splits,
-                validation: tf.data.Dataset, steps: int, strategy, out: str):
+def train_stage(model: keras.Model, stage: Stage, config: TrainConfig, splits: data.Splits,
+                validation: tf.data.Dataset, steps: int, strategy: tf.distribute.Strategy,
+                out: str) -> None:
   """Fits one stage, or loads its weights if an earlier run finished it."""
   finished = runs.stage_checkpoint(config.run_dir, stage.name)
   if runs.checkpoint_exists(finished):
@@ -123,8 +124,8 @@ def train_stage(model, stage: Stage, config: TrainConfig, splits: data.Splits,
   distribution.barrier(strategy)
 
 
-def compile_for_stage(model, stage: Stage, config: TrainConfig, steps_per_epoch: int,
-                      num_classes: int):
+def compile_for_stage(model: keras.Model, stage: Stage, config: TrainConfig, steps_per_epoch: int,
+                      num_classes: int) -> None:
   set_backbone_trainable(model, stage.backbone_trainable)
   model.compile(
       optimizer=keras.optimizers.Adam(learning_rate_schedule(stage, config, steps_per_epoch)),
@@ -134,7 +135,8 @@ def compile_for_stage(model, stage: Stage, config: TrainConfig, steps_per_epoch:
       jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution)
 
 
-def learning_rate_schedule(stage: Stage, config: TrainConfig, steps_per_epoch: int):
+def learning_rate_schedule(stage: Stage, config: TrainConfig,
+                           steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
   """Linear warmup to the peak rate (scaled with the global batch), then cosine decay to 0."""
   peak = stage.learning_rate * config.batch_size / REFERENCE_BATCH_SIZE
   total_steps = (stage.epochs - stage.initial_epoch) * steps_per_epoch
@@ -147,7 +149,8 @@ def learning_rate_schedule(stage: Stage, config: TrainConfig, steps_per_epoch: i
 class SmoothedCrossentropy(keras.losses.Loss):
   """Cross-entropy on integer labels with label smoothing, which the sparse Keras loss lacks."""
 
-  def __init__(self, num_classes, label_smoothing=0.0, name='smoothed_crossentropy', **kwargs):
+  def __init__(self, num_classes: int, label_smoothing: float = 0.0,
+               name: str = 'smoothed_crossentropy', **kwargs: Any) -> None:
     super().__init__(name=name, **kwargs)
     self.num_classes = num_classes
     self.label_smoothing = label_smoothing

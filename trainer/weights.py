@@ -9,6 +9,7 @@ instead of training from a half-random start.
 import hashlib
 import os
 import socket
+from typing import Optional
 
 import h5py
 import tensorflow as tf
@@ -32,7 +33,7 @@ def keras_cache_dir() -> str:
   return os.path.join(keras_home, 'models')
 
 
-def resolve(spec: str):
+def resolve(spec: str) -> Optional[str]:
   """Turns --weights into a .h5 file path or a run folder, or None for a random start."""
   if spec == 'none':
     return None
