@@ -33,12 +33,18 @@ FLAGS = flags.FLAGS
 # ---- Flags from dataclass fields
 
 
-def define_flags(config_class: Type[Any], names: Optional[Iterable[str]] = None) -> None:
+def define_flags(config_class: Type[Any], command: str,
+                 names: Optional[Iterable[str]] = None) -> None:
   """Defines a flag for each field of `config_class` (nested dataclasses flattened), or for
-  `names` only. A flag defined already (two commands in one process) is left as it is."""
+  `names` only, as key flags of module `command` (its `--helpshort`). A flag defined
+  already (two commands in one process) is not defined again."""
+  # absl files a script's own flags under its path, not under '__main__'.
+  command = sys.argv[0] if command == '__main__' else command
   for field, kind in _flag_fields(config_class):
-    if (names is None or field.name in names) and field.name not in FLAGS:
-      _define(field, kind)
+    if names is None or field.name in names:
+      if field.name not in FLAGS:
+        _define(field, kind)
+      FLAGS.register_key_flag_for_module(command, FLAGS[field.name])
 
 
 def flag_names(config_class: Type[Any]) -> List[str]:

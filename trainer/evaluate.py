@@ -25,7 +25,7 @@ from trainer.config import TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
 
-cli.define_flags(TrainConfig, names=['run_dir'])
+cli.define_flags(TrainConfig, __name__, names=['run_dir'])
 MAX_MISCLASSIFIED = 24  # images in the TensorBoard grid
 GRID_COLUMNS = 6
 TILE_SCALE = 3  # a 28x28 digit shows as 84x84

@@ -26,7 +26,7 @@ from trainer.keras_lib import keras
 
 SIGNATURE = 'serving_default'
 
-cli.define_flags(TrainConfig, names=['run_dir'])
+cli.define_flags(TrainConfig, __name__, names=['run_dir'])
 
 
 def export_model(model: keras.Model, out_dir: str) -> str:

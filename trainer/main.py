@@ -22,7 +22,7 @@ from trainer import data, distribution, runs, train, weights
 from trainer.config import TrainConfig
 from trainer.errors import UserError
 
-cli.define_flags(TrainConfig)
+cli.define_flags(TrainConfig, __name__)
 flags.register_multi_flags_validator(
     ['train_mode', 'frozen_epochs', 'epochs'],
     lambda f: f['train_mode'] != 'two_stage' or f['frozen_epochs'] < f['epochs'],

@@ -197,7 +197,7 @@ class PredictConfig:
                        'instead of one line per file.')
 
 
-cli.define_flags(PredictConfig)
+cli.define_flags(PredictConfig, __name__)
 
 
 def main(paths: List[str]) -> None:

@@ -25,7 +25,7 @@ from trainer.config import TrainConfig
 from trainer.errors import UserError
 
 # Training's own flags, so both commands read them the same way.
-cli.define_flags(TrainConfig, names=['dataset', 'data_dir', 'download'])
+cli.define_flags(TrainConfig, __name__, names=['dataset', 'data_dir', 'download'])
 flags.DEFINE_string('from_idx', None, 'Build the dataset from the MNIST-format IDX files in this '
                     'folder (train-images-idx3-ubyte[.gz] and the three others) instead of '
                     'downloading it.')
