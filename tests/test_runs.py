@@ -1,5 +1,6 @@
 """The run folder: its lock, what a resume trusts, what a finished run may record."""
 import csv
+import errno
 import json
 import math
 import os
@@ -8,6 +9,7 @@ import socket
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from trainer import callbacks, runs, weights
 from trainer.config import ModelConfig, TrainConfig
@@ -179,3 +181,19 @@ def test_a_run_folder_starts_another_run_with_its_backbone(tiny_run):
 def test_a_folder_without_a_checkpoint_is_not_a_start(tmp_path):
   with pytest.raises(UserError, match='not a run with a checkpoint'):
     weights.resolve(str(tmp_path))
+
+
+@pytest.mark.parametrize('error', [
+    tf.errors.ResourceExhaustedError(None, None, 'tmp/best_temp; No space left on device'),
+    OSError(errno.ENOSPC, 'No space left on device'),
+])
+def test_a_full_disk_ends_in_one_line_that_says_rerun_resumes(error):
+  with pytest.raises(UserError, match='is full; free some space and rerun the same command'):
+    with runs.full_disk_as_user_error('runs/x'):
+      raise error
+
+
+def test_out_of_memory_is_not_mistaken_for_a_full_disk():
+  with pytest.raises(tf.errors.ResourceExhaustedError):
+    with runs.full_disk_as_user_error('runs/x'):
+      raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')

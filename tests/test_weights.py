@@ -192,7 +192,7 @@ BAD_FILES = [
     (_layers_missing, r'lacks weights for 1 of the 241 DenseNet121 layers '
                       r'\(e.g. conv5_block16_2_conv\)'),
     (_not_keras, r'is an HDF5 file but not a Keras weights file'),
-    (_missing, r'no such file; give imagenet, none, or the path of a .h5 file'),
+    (_missing, r'no such file; give imagenet, none, the path of a .h5 file, or a finished run folder'),
 ]
 
 

@@ -33,6 +33,9 @@ class ModelConfig:
   head: str = setting('gap', 'gap: global average pooling; flatten: as the article.',
                       choices=HEADS)
   dropout: float = setting(0.0, 'Dropout before the classifier.', lower=0.0, upper=0.9)
+  batchnorm_momentum: float = setting(0.99, "Momentum of the BatchNorm layers' moving "
+                                      'statistics (Keras: 0.99); lower follows fast-moving '
+                                      'weights sooner.', lower=0.0, upper=0.999)
   interpolation: str = setting('bicubic', 'Resize method.', choices=INTERPOLATIONS)
   augment: bool = setting(False, 'Random rotation, zoom and shift in training.')
   rotation_degrees: float = setting(10.0, 'Largest random rotation.', lower=0.0, upper=180.0)

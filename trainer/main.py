@@ -82,7 +82,7 @@ def run(splits_override: Optional[data.Splits] = None,
       # Only now, with every check passed: a failed start leaves no config that would refuse
       # the corrected command.
       runs.record_config(config, resolved_flags_text())
-    with distribution.lost_workers_as_user_errors():
+    with distribution.lost_workers_as_user_errors(), runs.full_disk_as_user_error(config.run_dir):
       return train.train_and_evaluate(config, splits, strategy, start_weights)
 
 

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import errno
 import io
 import json
 import math
@@ -152,6 +153,20 @@ def _is_stale(holder: str) -> bool:
   except PermissionError:
     return False
   return False
+
+
+@contextlib.contextmanager
+def full_disk_as_user_error(run_dir: str) -> Iterator[None]:
+  """A full disk ends the run in one line; what was written before it stays, and a rerun
+  with space resumes (a half-written checkpoint is replaced by the next save)."""
+  try:
+    yield
+  except (tf.errors.ResourceExhaustedError, OSError) as e:
+    # ResourceExhaustedError is also out-of-memory; only a full disk is the user's to fix here.
+    if getattr(e, 'errno', None) != errno.ENOSPC and 'No space left' not in str(e):
+      raise
+    raise UserError(f'the disk holding {run_dir} is full; free some space and rerun the same '
+                    'command: the run resumes from its last finished epoch') from None
 
 
 def record_config(config: TrainConfig, flags_text: str) -> None:
