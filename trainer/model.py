@@ -34,9 +34,7 @@ def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
   x = _adapter(x, config.adapter, channels=input_shape[-1])
   backbone = keras.applications.DenseNet121(
       include_top=False, weights=None, input_shape=(config.image_size, config.image_size, 3))
-  # Read at every training step, so setting it after the build takes effect. At small
-  # budgets Keras's 0.99 left the statistics far behind the weights: evaluation near
-  # chance while training accuracy was 0.9 (benchmarks/RESULTS.md, recipe against script).
+  # Read at every training step, so setting it after the build takes effect.
   for layer in backbone.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
       layer.momentum = config.batchnorm_momentum
