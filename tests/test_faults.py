@@ -96,3 +96,56 @@ def test_deterministic_runs_write_the_same_history_and_metrics(tmp_path):
     outputs.append(((run_dir / runs.HISTORY_FILE).read_text(),
                     (run_dir / runs.METRICS_FILE).read_text()))
   assert outputs[0] == outputs[1]
+
+
+# ---- Kills: at the callback boundaries of an epoch's end, and during the export.
+
+# Runs trainer.main with a callback that SIGKILLs the process (no clean-up at all) at the
+# end of epoch 1, inserted at position KILL_AT of the run's callbacks; KILL_AT=export kills
+# it right after the SavedModel is written instead.
+_KILLING_MAIN = '''
+import os, runpy, signal, sys
+from trainer import callbacks, export
+from trainer.keras_lib import keras
+kill_at, sys.argv = sys.argv[1], ['trainer.main', *sys.argv[2:]]
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+class Kill(keras.callbacks.Callback):
+  def on_epoch_end(self, epoch, logs=None):
+    die()
+if kill_at == 'export':
+  export_model = export.export_model
+  export.export_model = lambda *args: (export_model(*args), die())
+else:
+  training_callbacks = callbacks.training_callbacks
+  callbacks.training_callbacks = lambda *args: (
+      training_callbacks(*args)[:int(kill_at)] + [Kill()] + training_callbacks(*args)[int(kill_at):])
+runpy.run_module('trainer.main', run_name='__main__', alter_sys=True)
+'''
+KILL_RUN = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
+            '--train_mode=transfer', '--epochs=2', '--steps_per_epoch=2', '--eval_steps=1']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kill_at', [
+    '2',  # after the epoch checks, before the best checkpoint
+    '4',  # after the checkpoint and the history row, before TensorBoard
+    '6',  # after everything but BackupAndRestore: the history is ahead of the backup
+    '7',  # after BackupAndRestore
+    'export',  # after the SavedModel, before metrics.json
+])
+def test_a_run_killed_anywhere_resumes_to_one_clean_history(tmp_path, kill_at):
+  run_dir = tmp_path / 'run'
+  killed = subprocess.run([sys.executable, '-c', _KILLING_MAIN, kill_at, *KILL_RUN,
+                           f'--run_dir={run_dir}'], cwd=REPO, capture_output=True, text=True,
+                          timeout=900, check=False)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert not (run_dir / runs.METRICS_FILE).exists()
+  again = subprocess.run([sys.executable, '-m', 'trainer.main', *KILL_RUN, f'--run_dir={run_dir}'],
+                         cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'could not be found' not in again.stderr  # the checkpoints load without warnings
+  with open(run_dir / runs.HISTORY_FILE) as f:
+    rows = list(csv.DictReader(f))
+  assert [row['epoch'] for row in rows] == ['0', '1'], rows
+  assert all(row['val_accuracy'] for row in rows)
+  assert (run_dir / runs.METRICS_FILE).exists() and (run_dir / runs.EXPORT_DIR).exists()

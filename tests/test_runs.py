@@ -152,7 +152,10 @@ def _truncate(run, name):
 
 def test_a_vertex_ai_job_writes_where_vertex_says(monkeypatch):
   monkeypatch.setenv(runs.VERTEX_MODEL_DIR, 'gs://bucket/job/model')
+  monkeypatch.setenv(runs.VERTEX_TENSORBOARD_DIR, 'gs://bucket/job/logs')
   assert runs.default_run_dir() == 'gs://bucket/job/model'
+  assert runs.log_dir('gs://bucket/job/model') == 'gs://bucket/job/logs'
+  assert runs.log_dir('runs/other') == os.path.join('runs/other', runs.LOG_DIR)
   assert runs.default_run_dir('named') == os.path.join('runs', 'named')  # a name still wins
   monkeypatch.delenv(runs.VERTEX_MODEL_DIR)
   assert runs.default_run_dir('').startswith('runs' + os.sep)

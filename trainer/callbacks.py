@@ -36,9 +36,9 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str,
           # So the checkpoint comes before the history that this threshold is read from.
           initial_value_threshold=best_so_far),
       keras.callbacks.CSVLogger(runs.path(out_dir, runs.HISTORY_FILE), append=True),
-      keras.callbacks.TensorBoard(runs.path(out_dir, runs.LOG_DIR), update_freq='epoch',
+      keras.callbacks.TensorBoard(runs.log_dir(out_dir), update_freq='epoch',
                                   profile_batch=config.profile_steps or 0),
-      Throughput(runs.path(out_dir, runs.LOG_DIR), config.batch_size * steps_per_epoch),
+      Throughput(runs.log_dir(out_dir), config.batch_size * steps_per_epoch),
       # Preemption: a restarted run resumes this stage after its last backed-up epoch. Last,
       # so that an epoch counts as done only once its checkpoint and history are written
       # (a resumed run trims history rows of epochs the backup did not record).

@@ -47,13 +47,23 @@ BEST_CHECKPOINT = os.path.join(CHECKPOINT_DIR, 'best')
 BACKUP_DIR = 'backup'
 EXPORT_DIR = 'export'
 KERAS_MODEL_FILE = 'model.keras'
-# Vertex AI custom jobs name the run's output folder in this variable.
+# Vertex AI custom jobs name the run's output folder, and the folder its TensorBoard
+# instance reads, in these variables.
 VERTEX_MODEL_DIR = 'AIP_MODEL_DIR'
+VERTEX_TENSORBOARD_DIR = 'AIP_TENSORBOARD_LOG_DIR'
 
 
 def path(run_dir: str, name: str) -> str:
   """`name` (one of the names above) inside `run_dir`."""
   return os.path.join(run_dir, name)
+
+
+def log_dir(run_dir: str) -> str:
+  """Where TensorBoard logs go: RUN/logs, or Vertex AI's TensorBoard folder when the run
+  folder is the one Vertex AI gave the job."""
+  if os.environ.get(VERTEX_TENSORBOARD_DIR) and run_dir == os.environ.get(VERTEX_MODEL_DIR):
+    return os.environ[VERTEX_TENSORBOARD_DIR]
+  return path(run_dir, LOG_DIR)
 
 
 def stage_checkpoint(run_dir: str, stage: str) -> str:

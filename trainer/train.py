@@ -62,7 +62,7 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
 
   with distribution.OutputDir(config.run_dir, chief) as out:
     runs.write_dataset_info(out, splits.info)
-    callbacks.log_preprocessed_images(model, splits.validation, runs.path(out, runs.LOG_DIR))
+    callbacks.log_preprocessed_images(model, splits.validation, runs.log_dir(out))
     stages = plan_stages(config)
     for stage in stages:
       train_stage(model, stage, config, splits, validation, steps, strategy, out)
@@ -78,7 +78,7 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
                'test_objective': results['loss']}
     print(f'Test loss : {metrics["test_loss"]:.5f}')
     print(f'Test accuracy: {metrics["test_accuracy"]:.4f}')
-    callbacks.log_hparams(runs.path(out, runs.LOG_DIR), config, metrics,
+    callbacks.log_hparams(runs.log_dir(out), config, metrics,
                           keras.mixed_precision.global_policy().name,
                           strategy.num_replicas_in_sync)
     if config.export:
