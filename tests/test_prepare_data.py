@@ -129,3 +129,10 @@ def test_a_download_with_no_network_ends_in_one_line(tmp_path):
 def test_help_shows_the_flags_it_reads():
   key_flags = {flag.name for flag in flags.FLAGS.get_key_flags_for_module(prepare_data)}
   assert {'dataset', 'data_dir', 'from_idx'} <= key_flags
+
+
+def test_nodownload_is_honoured(tmp_path):
+  result, _ = run_offline('trainer.prepare_data', '--dataset=mnist', '--nodownload',
+                          f'--data_dir={tmp_path}')
+  line = error_line(result)
+  assert 'is not prepared' in line and 'could not download' not in line, line
