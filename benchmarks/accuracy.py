@@ -27,16 +27,23 @@ def summarize(run_dir):
   # history.csv is appended across resumes: the last row of each epoch counts.
   by_epoch = {int(row['epoch']): float(row['val_accuracy']) for row in history}
   best_epoch = max(by_epoch, key=by_epoch.get) + 1 if by_epoch else None
-  return {'accuracy': metrics['test_accuracy'], 'loss': metrics['test_loss'],
-          'epochs': config['epochs'], 'best_epoch': best_epoch,
-          'dataset': config['dataset'], 'image_size': config['model']['image_size'],
-          'weights': config['weights']}
+  return {
+      'accuracy': metrics['test_accuracy'],
+      'loss': metrics['test_loss'],
+      'epochs': config['epochs'],
+      'best_epoch': best_epoch,
+      'dataset': config['dataset'],
+      'image_size': config['model']['image_size'],
+      'weights': config['weights']
+  }
 
 
 def table(runs):
-  lines = ['| Adapter | Test accuracy | Test loss | Epochs run | Best epoch | Article '
-           f'(about {ARTICLE_EPOCHS} epochs) | Target | Met |',
-           '| --- | ---: | ---: | ---: | ---: | --- | --- | --- |']
+  lines = [
+      '| Adapter | Test accuracy | Test loss | Epochs run | Best epoch | Article '
+      f'(about {ARTICLE_EPOCHS} epochs) | Target | Met |',
+      '| --- | ---: | ---: | ---: | ---: | --- | --- | --- |'
+  ]
   for adapter, run_dir in runs:
     s = summarize(run_dir)
     article_accuracy, article_loss = ARTICLE.get(adapter, (None, None))

@@ -19,7 +19,8 @@ from trainer.model import ModelConfig, build_model
 def main(params):
   batch_size = params['batch_size']
   model = build_model(ModelConfig(image_size=params['image_size']), (28, 28, 1), 10)
-  model.compile(optimizer=keras.optimizers.Adam(1e-3), loss='sparse_categorical_crossentropy',
+  model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                loss='sparse_categorical_crossentropy',
                 metrics=['accuracy'])
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (batch_size, 28, 28, 1), dtype=np.uint8)

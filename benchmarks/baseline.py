@@ -21,8 +21,10 @@ try:
 except ImportError:  # opencv-python-headless is in the `bench` extra
   cv2 = None
 
-IMAGE_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
-               'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
+IMAGE_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
+}
 SYNTHETIC_SIZES = {'train': 60_000, 'test': 10_000}
 
 
@@ -62,9 +64,10 @@ def load_arrays(dataset, fraction=1.0):
 def prepare(images, image_size=64):
   """The article's preparation: each image resized bicubic and made RGB, then float32 / 255."""
   if cv2 is not None:
-    resized = [cv2.cvtColor(cv2.resize(image, (image_size, image_size),
-                                       interpolation=cv2.INTER_CUBIC), cv2.COLOR_GRAY2RGB)
-               for image in images]
+    resized = [
+        cv2.cvtColor(cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_CUBIC),
+                     cv2.COLOR_GRAY2RGB) for image in images
+    ]
   else:
     resized = _tf_resize_rgb(images, image_size)
   return np.array(resized).astype('float32') / 255
@@ -87,7 +90,11 @@ def first_training_batch(x_train, y_train, batch_size, validation_split=0.2):
   from tf_keras.src.engine import data_adapter  # pylint: disable=import-outside-toplevel
   (x, y, _), _ = data_adapter.train_validation_split((x_train, y_train, None),
                                                      validation_split=validation_split)
-  handler = data_adapter.get_data_handler(x=x, y=y, batch_size=batch_size, epochs=1,
-                                          shuffle=True, model=None)
+  handler = data_adapter.get_data_handler(x=x,
+                                          y=y,
+                                          batch_size=batch_size,
+                                          epochs=1,
+                                          shuffle=True,
+                                          model=None)
   for _, iterator in handler.enumerate_epochs():
     return next(iterator)

@@ -51,11 +51,15 @@ class StepTimer(keras.callbacks.Callback):
 
 
 def libraries():
-  return {'tensorflow': tf.__version__, 'tf_keras': keras.__version__,
-          'resize': baseline.resize_backend()}
+  return {
+      'tensorflow': tf.__version__,
+      'tf_keras': keras.__version__,
+      'resize': baseline.resize_backend()
+  }
 
 
 # ---- Data stage: from the first data call to the first training batch ready.
+
 
 def data_stage_project(p):
   start = time.perf_counter()
@@ -68,8 +72,12 @@ def data_stage_project(p):
     images, _ = next(iterator)
     break
   seconds = time.perf_counter() - start
-  return {'seconds': seconds, 'peak_rss': peak_rss_bytes(), 'batch_bytes': _nbytes(images),
-          **libraries()}
+  return {
+      'seconds': seconds,
+      'peak_rss': peak_rss_bytes(),
+      'batch_bytes': _nbytes(images),
+      **libraries()
+  }
 
 
 def data_stage_baseline(p):
@@ -80,12 +88,19 @@ def data_stage_baseline(p):
   prepared = time.perf_counter() - start
   images, _ = baseline.first_training_batch(x_train, y_train, p['batch_size'], VALIDATION_SPLIT)
   seconds = time.perf_counter() - start
-  return {'seconds': seconds, 'prepare_seconds': prepared, 'peak_rss': peak_rss_bytes(),
-          'host_bytes': x_train.nbytes + x_test.nbytes, 'batch_bytes': _nbytes(images),
-          'num_images': len(x_train) + len(x_test), **libraries()}
+  return {
+      'seconds': seconds,
+      'prepare_seconds': prepared,
+      'peak_rss': peak_rss_bytes(),
+      'host_bytes': x_train.nbytes + x_test.nbytes,
+      'batch_bytes': _nbytes(images),
+      'num_images': len(x_train) + len(x_test),
+      **libraries()
+  }
 
 
 # ---- The input pipeline alone: batches per second, no model.
+
 
 def input_pipeline(p):
   splits = _splits(p['dataset'], p['fraction'])
@@ -98,6 +113,7 @@ def input_pipeline(p):
 
 
 # ---- Training: trainer.main, then the same model on tensors already in memory.
+
 
 def train_main(p):
   """trainer.main for a few dozen steps, then its model fed in-memory tensors.
@@ -118,10 +134,12 @@ def train_main(p):
   project_callbacks = train.callbacks
   train.callbacks = lambda *args, **kwargs: project_callbacks(*args, **kwargs) + [timer]
   run_dir = tempfile.mkdtemp(prefix='benchmark_run_')
-  flags.FLAGS(['trainer.main', f'--dataset={p["dataset"]}', f'--image_size={p["image_size"]}',
-               f'--batch_size={batch_size}', '--epochs=1', f'--steps_per_epoch={warmup + timed}',
-               '--eval_steps=1', '--weights=none', '--noexport', '--num_gpus=0',
-               '--precision=float32', f'--run_dir={run_dir}'])
+  flags.FLAGS([
+      'trainer.main', f'--dataset={p["dataset"]}', f'--image_size={p["image_size"]}',
+      f'--batch_size={batch_size}', '--epochs=1', f'--steps_per_epoch={warmup + timed}',
+      '--eval_steps=1', '--weights=none', '--noexport', '--num_gpus=0', '--precision=float32',
+      f'--run_dir={run_dir}'
+  ])
   # The full run takes trainer.main's own path; the quick run hands it a part of the data.
   main.run(splits_override=_splits(p['dataset'], p['fraction']) if p['fraction'] < 1 else None)
   if p.get('start_up_only'):
@@ -147,7 +165,9 @@ def train_main(p):
     for name in (sides if round_ % 2 == 0 else reversed(sides)):  # ABBA: neither always first
       side_model, x = sides[name]
       side_model.fit(tf.data.Dataset.from_tensors((x, labels)).repeat(),
-                     steps_per_epoch=p['chunk_steps'], epochs=1, verbose=0,
+                     steps_per_epoch=p['chunk_steps'],
+                     epochs=1,
+                     verbose=0,
                      callbacks=[timers[name]])
   # Only now: the optimizer's slots still restore, lazily, from the run's best checkpoint.
   shutil.rmtree(run_dir, ignore_errors=True)
@@ -155,16 +175,23 @@ def train_main(p):
   for name, calls in logged:
     ends = [[(step, round(t - marks[0][1], 3)) for step, t in marks] for marks in calls]
     print(f'{name}: step ends (step, s) in each fit call: {ends}')  # for the log
-  return {'main_images_per_second': main_rate,
-          'first_step_wall': timer.first_step_wall,
-          'in_memory_images_per_second': images_per_second(timers['in_model'].calls,
-                                                           batch_size, 1),
-          'pre_resized_images_per_second': images_per_second(timers['pre_resized'].calls,
-                                                             batch_size, 1),
-          'preprocess_ms_per_batch': preprocess_seconds * 1000,
-          'raw_bytes_per_image': _nbytes(images[0]),
-          'float_bytes_per_image': _nbytes(resized[0]),
-          **libraries()}
+  return {
+      'main_images_per_second':
+          main_rate,
+      'first_step_wall':
+          timer.first_step_wall,
+      'in_memory_images_per_second':
+          images_per_second(timers['in_model'].calls, batch_size, 1),
+      'pre_resized_images_per_second':
+          images_per_second(timers['pre_resized'].calls, batch_size, 1),
+      'preprocess_ms_per_batch':
+          preprocess_seconds * 1000,
+      'raw_bytes_per_image':
+          _nbytes(images[0]),
+      'float_bytes_per_image':
+          _nbytes(resized[0]),
+      **libraries()
+  }
 
 
 def backbone_fed_directly(model, input_shape):
@@ -178,6 +205,7 @@ def backbone_fed_directly(model, input_shape):
 
 
 # ---- GPU suite: one configuration per child.
+
 
 def gpu_train(p):
   """Images per second per device for one precision, device count, XLA and steps per call."""
@@ -195,24 +223,27 @@ def gpu_train(p):
     model = build_model(ModelConfig(image_size=p['image_size'], interpolation=p['interpolation']),
                         splits.image_shape, splits.num_classes)
     # The project's compile, with the two settings under test added to its model.compile call.
-    model.compile = functools.partial(model.compile, jit_compile=p['xla'],
-                                      steps_per_execution=spe)
+    model.compile = functools.partial(model.compile, jit_compile=p['xla'], steps_per_execution=spe)
     train.compile_for_stage(model, train.Stage('finetune', 0, 1, True, config.learning_rate),
                             config, warmup + timed, splits.num_classes)
   timer = StepTimer()
   model.fit(train_ds, steps_per_epoch=warmup + timed, epochs=1, verbose=0, callbacks=[timer])
   rate = images_per_second(timer.calls, global_batch, warmup)
   gpus = tf.config.list_logical_devices('GPU')
-  return {'images_per_second_per_device': rate / max(num_gpus, 1),
-          'devices': [_device_name(d) for d in tf.config.list_physical_devices('GPU')[:num_gpus]]
-                     or ['CPU'],
-          'num_logical_gpus': len(gpus), **libraries()}
+  return {
+      'images_per_second_per_device':
+          rate / max(num_gpus, 1),
+      'devices': [_device_name(d) for d in tf.config.list_physical_devices('GPU')[:num_gpus]]
+                 or ['CPU'],
+      'num_logical_gpus':
+          len(gpus),
+      **libraries()
+  }
 
 
 def devices(_):
   """The GPUs TensorFlow sees, for the GPU suite's defaults and the table's header."""
-  return {'gpus': [_device_name(d) for d in tf.config.list_physical_devices('GPU')],
-          **libraries()}
+  return {'gpus': [_device_name(d) for d in tf.config.list_physical_devices('GPU')], **libraries()}
 
 
 def _device_name(device):
@@ -221,13 +252,15 @@ def _device_name(device):
 
 # ---- Helpers
 
+
 def _splits(dataset, fraction):
   """The project's splits; a fraction < 1 keeps the first part of train (quick runs)."""
   splits = data.load_splits(dataset, None, VALIDATION_SPLIT, download=False)
   if fraction >= 1:
     return splits
-  return dataclasses.replace(
-      splits, train=splits.train.take(round(data.num_examples(splits.train) * fraction)))
+  return dataclasses.replace(splits,
+                             train=splits.train.take(
+                                 round(data.num_examples(splits.train) * fraction)))
 
 
 def _seconds_per_call(model, x, calls=20):
@@ -246,8 +279,10 @@ def _nbytes(tensor):
   return int(np.prod(tensor.shape)) * tensor.dtype.size
 
 
-CASES = {f.__name__: f for f in (data_stage_project, data_stage_baseline, input_pipeline,
-                                 train_main, gpu_train, devices)}
+CASES = {
+    f.__name__: f for f in (data_stage_project, data_stage_baseline, input_pipeline, train_main,
+                            gpu_train, devices)
+}
 
 if __name__ == '__main__':
   emit(CASES[sys.argv[1]](json.loads(sys.argv[2])))

@@ -29,12 +29,19 @@ def run_child(module, args, log_path, timeout_s=3600):
   The result gains `spawned_at`: the wall-clock time just before the process was started,
   so a child's own `time.time()` marks give times since process start.
   """
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
-             PYTHONPATH=os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')])))
+  env = dict(os.environ,
+             TF_CPP_MIN_LOG_LEVEL='2',
+             PYTHONPATH=os.pathsep.join(filter(None,
+                                               [REPO_ROOT, os.environ.get('PYTHONPATH')])))
   with open(log_path, 'w') as log:
     spawned_at = time.time()
-    proc = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO_ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=log, text=True, timeout=timeout_s,
+    proc = subprocess.run([sys.executable, '-m', module, *args],
+                          cwd=REPO_ROOT,
+                          env=env,
+                          stdout=subprocess.PIPE,
+                          stderr=log,
+                          text=True,
+                          timeout=timeout_s,
                           check=False)
     log.write(proc.stdout)
   lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
@@ -68,8 +75,9 @@ def images_per_second(chunks, batch_size, skip_steps):
   rates = []
   for marks in chunks:
     kept = [(s, t) for s, t in marks if s >= skip_steps - 1]
-    rates += [(s1 - s0) * batch_size / (t1 - t0)
-              for (s0, t0), (s1, t1) in zip(kept, kept[1:]) if t1 > t0]
+    rates += [
+        (s1 - s0) * batch_size / (t1 - t0) for (s0, t0), (s1, t1) in zip(kept, kept[1:]) if t1 > t0
+    ]
   if not rates:
     raise ValueError(f'no timed steps after the first {skip_steps}; raise the step counts')
   return statistics.median(rates)
@@ -88,5 +96,9 @@ def machine_description():
     cpu = names[0] if names else cpu
   except OSError:
     pass
-  return {'cpu': cpu, 'cores': os.cpu_count(), 'python': platform.python_version(),
-          'date': datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}
+  return {
+      'cpu': cpu,
+      'cores': os.cpu_count(),
+      'python': platform.python_version(),
+      'date': datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')
+  }

@@ -44,8 +44,9 @@ from trainer.model import build_model, set_backbone_trainable
 flags.DEFINE_string('data_dir', '/work/data/tfds', "tensorflow-datasets' folder with mnist "
                     'prepared; read with no network.')
 flags.DEFINE_string('output', None, 'Also write the table to this file.')
-flags.DEFINE_string('work_dir', None, 'Where the IDX files, run folders and logs go (default: '
-                    'a new temporary folder).')
+flags.DEFINE_string(
+    'work_dir', None, 'Where the IDX files, run folders and logs go (default: '
+    'a new temporary folder).')
 flags.DEFINE_bool('quick', False, 'A tenth of the digits: a smoke check of the code.')
 
 FLAGS = flags.FLAGS
@@ -60,12 +61,14 @@ PLAIN_LEARNING_RATE = 1e-4
 VARIANTS = {
     "batchnorm momentum 0.99 (Keras's)": ['--batchnorm_momentum=0.99'],
     'lr 4e-3': ['--learning_rate=4e-3', '--unfrozen_learning_rate=4e-4'],
-    'lr 4e-3, warmup 0': ['--learning_rate=4e-3', '--unfrozen_learning_rate=4e-4',
-                          '--warmup_epochs=0'],
+    'lr 4e-3, warmup 0': [
+        '--learning_rate=4e-3', '--unfrozen_learning_rate=4e-4', '--warmup_epochs=0'
+    ],
 }
-OTHER_MODES = {'transfer': ['--train_mode=transfer'],
-               'two_stage': ['--train_mode=two_stage', '--frozen_epochs=1']}
-
+OTHER_MODES = {
+    'transfer': ['--train_mode=transfer'],
+    'two_stage': ['--train_mode=two_stage', '--frozen_epochs=1']
+}
 
 # ---- The subset, as IDX files both sides read
 
@@ -75,8 +78,8 @@ def write_subset(data_dir, directory, fraction):
   builder = data.prepared_builder('mnist', data_dir, download=False)
   splits = {'train': round(TRAIN_DIGITS * fraction), 'test': round(TEST_DIGITS * fraction)}
   for split, count in splits.items():
-    images, labels = data.in_memory(builder.as_dataset(split=f'{split}[:{count}]',
-                                                       as_supervised=True))
+    images, labels = data.in_memory(
+        builder.as_dataset(split=f'{split}[:{count}]', as_supervised=True))
     prefix = idx.SPLIT_PREFIXES[split]
     _write_idx(os.path.join(directory, f'{prefix}-images-idx3-ubyte.gz'),
                images.numpy()[..., 0], idx.IMAGES_MAGIC)
@@ -101,32 +104,43 @@ def plain_script(p):
   keras.utils.set_random_seed(SEED)
   model = build_model(ModelConfig(image_size=IMAGE_SIZE), x.shape[1:], 10)
   set_backbone_trainable(model, not p['frozen'])
-  model.compile(keras.optimizers.Adam(PLAIN_LEARNING_RATE), 'sparse_categorical_crossentropy',
+  model.compile(keras.optimizers.Adam(PLAIN_LEARNING_RATE),
+                'sparse_categorical_crossentropy',
                 metrics=['accuracy'])
-  history = model.fit(x[:num_train], y[:num_train], BATCH_SIZE, EPOCHS, verbose=2,
+  history = model.fit(x[:num_train],
+                      y[:num_train],
+                      BATCH_SIZE,
+                      EPOCHS,
+                      verbose=2,
                       validation_data=(x[num_train:], y[num_train:]))
   _, test_accuracy = model.evaluate(x_test, y_test, BATCH_SIZE, verbose=0)
-  return {'train_accuracy': history.history['accuracy'][-1],
-          'val_accuracy': history.history['val_accuracy'], 'test_accuracy': test_accuracy}
+  return {
+      'train_accuracy': history.history['accuracy'][-1],
+      'val_accuracy': history.history['val_accuracy'],
+      'test_accuracy': test_accuracy
+  }
 
 
 def run_plain(idx_dir, frozen, log_path):
   start = time.monotonic()
   result = run_child('benchmarks.recipe_vs_script',
-                     ['plain', json.dumps({'idx_dir': idx_dir, 'frozen': frozen})], log_path)
+                     ['plain', json.dumps({
+                         'idx_dir': idx_dir,
+                         'frozen': frozen
+                     })], log_path)
   return {**result, 'seconds': time.monotonic() - start}
 
 
 def run_trainer(idx_dir, extra_flags, run_dir, log_path):
   """`python -m trainer.main` with the recipe at this benchmark's sizes; its history and test."""
-  command = [sys.executable, '-m', 'trainer.main', f'--flagfile={RECIPE}',
-             f'--dataset=idx:{idx_dir}', '--weights=none', f'--image_size={IMAGE_SIZE}',
-             f'--batch_size={BATCH_SIZE}', f'--epochs={EPOCHS}', f'--seed={SEED}',
-             '--noexport', f'--run_dir={run_dir}', *extra_flags]
+  command = [
+      sys.executable, '-m', 'trainer.main', f'--flagfile={RECIPE}', f'--dataset=idx:{idx_dir}',
+      '--weights=none', f'--image_size={IMAGE_SIZE}', f'--batch_size={BATCH_SIZE}',
+      f'--epochs={EPOCHS}', f'--seed={SEED}', '--noexport', f'--run_dir={run_dir}', *extra_flags
+  ]
   start = time.monotonic()
   with open(log_path, 'w') as log:
-    proc = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                          check=False)
+    proc = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
   seconds = time.monotonic() - start
   if proc.returncode:
     with open(log_path) as f:
@@ -136,9 +150,12 @@ def run_trainer(idx_dir, extra_flags, run_dir, log_path):
     history = list(csv.DictReader(f))
   with open(os.path.join(run_dir, 'metrics.json')) as f:
     metrics = json.load(f)
-  return {'train_accuracy': float(history[-1]['accuracy']),
-          'val_accuracy': [float(row['val_accuracy']) for row in history],
-          'test_accuracy': metrics['test_accuracy'], 'seconds': seconds}
+  return {
+      'train_accuracy': float(history[-1]['accuracy']),
+      'val_accuracy': [float(row['val_accuracy']) for row in history],
+      'test_accuracy': metrics['test_accuracy'],
+      'seconds': seconds
+  }
 
 
 # ---- The table
@@ -182,10 +199,12 @@ def measure(work_dir, idx_dir):
 
 def table(rows):
   epochs = len(rows[0][2]['val_accuracy'])
-  lines = ['| Run | Flags on top of the recipe | '
-           + ' | '.join(f'Val acc. epoch {e + 1}' for e in range(epochs))
-           + ' | Train acc. last epoch (training mode) | Test acc. | Seconds |',
-           '| --- | --- | ' + '---: | ' * epochs + '---: | ---: | ---: |']
+  lines = [
+      '| Run | Flags on top of the recipe | ' +
+      ' | '.join(f'Val acc. epoch {e + 1}' for e in range(epochs)) +
+      ' | Train acc. last epoch (training mode) | Test acc. | Seconds |',
+      '| --- | --- | ' + '---: | ' * epochs + '---: | ---: | ---: |'
+  ]
   for name, extra_flags, result in rows:
     vals = ' | '.join(f'{v:.3f}' for v in result['val_accuracy'])
     lines.append(f'| {name} | {f"`{extra_flags}`" if extra_flags else ""} | {vals} | '
@@ -198,19 +217,20 @@ def report(rows, fraction):
   machine = machine_description()
   train = round(TRAIN_DIGITS * fraction)
   validation = round(train * VALIDATION_SPLIT)
-  head = [f'- {machine["date"]}{", quick smoke run: not figures to quote" if fraction < 1 else ""}',
-          f'- Machine: {machine["cpu"]}, {machine["cores"]} cores; Python {machine["python"]}, '
-          f'TensorFlow {tf.__version__}, tf_keras {keras.__version__}',
-          f'- Data: real MNIST (tfds `mnist`), {train - validation} train / {validation} '
-          f'validation digits (the first {train} of its train split), test on the first '
-          f'{round(TEST_DIGITS * fraction)} of its test split; {IMAGE_SIZE}x{IMAGE_SIZE}, batch '
-          f'{BATCH_SIZE}, {EPOCHS} epochs, --weights=none, --seed={SEED}.',
-          f'- trainer.main rows: `python -m trainer.main --flagfile={RECIPE} '
-          f'--dataset=idx:DIR --weights=none --image_size={IMAGE_SIZE} --batch_size={BATCH_SIZE} '
-          f'--epochs={EPOCHS} --seed={SEED} --noexport` plus the flags shown; test accuracy is '
-          'the best validation checkpoint\'s. Plain script: build_model, '
-          f'Adam({PLAIN_LEARNING_RATE:g}) constant, model.fit; its last epoch is tested.',
-          '']
+  head = [
+      f'- {machine["date"]}{", quick smoke run: not figures to quote" if fraction < 1 else ""}',
+      f'- Machine: {machine["cpu"]}, {machine["cores"]} cores; Python {machine["python"]}, '
+      f'TensorFlow {tf.__version__}, tf_keras {keras.__version__}',
+      f'- Data: real MNIST (tfds `mnist`), {train - validation} train / {validation} '
+      f'validation digits (the first {train} of its train split), test on the first '
+      f'{round(TEST_DIGITS * fraction)} of its test split; {IMAGE_SIZE}x{IMAGE_SIZE}, batch '
+      f'{BATCH_SIZE}, {EPOCHS} epochs, --weights=none, --seed={SEED}.',
+      f'- trainer.main rows: `python -m trainer.main --flagfile={RECIPE} '
+      f'--dataset=idx:DIR --weights=none --image_size={IMAGE_SIZE} --batch_size={BATCH_SIZE} '
+      f'--epochs={EPOCHS} --seed={SEED} --noexport` plus the flags shown; test accuracy is '
+      'the best validation checkpoint\'s. Plain script: build_model, '
+      f'Adam({PLAIN_LEARNING_RATE:g}) constant, model.fit; its last epoch is tested.', ''
+  ]
   return '\n'.join(head) + '\n' + table(rows)
 
 

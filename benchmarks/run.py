@@ -22,22 +22,27 @@ from benchmarks.measure import ChildFailed, gib, machine_description, run_child
 
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
 
-flags.DEFINE_enum('suite', 'cpu', ['cpu', 'gpu'], 'cpu: the project against the article\'s '
-                  'approach on this machine; gpu: images/s per GPU by precision, GPUs, XLA, '
-                  'steps per call.')
+flags.DEFINE_enum(
+    'suite', 'cpu', ['cpu', 'gpu'], 'cpu: the project against the article\'s '
+    'approach on this machine; gpu: images/s per GPU by precision, GPUs, XLA, '
+    'steps per call.')
 flags.DEFINE_bool('quick', False, 'Small sizes: a smoke check of the code in a few minutes.')
-flags.DEFINE_string('dataset', None, 'The data, as trainer.main\'s --dataset: default '
-                    f'idx:{DEBIAN_FASHION_MNIST} where Debian\'s dataset-fashion-mnist is '
-                    'installed, else synthetic data of the same shape.')
+flags.DEFINE_string(
+    'dataset', None, 'The data, as trainer.main\'s --dataset: default '
+    f'idx:{DEBIAN_FASHION_MNIST} where Debian\'s dataset-fashion-mnist is '
+    'installed, else synthetic data of the same shape.')
 flags.DEFINE_string('output', None, 'Also write the table to this file.')
 flags.DEFINE_string('child_logs', None, 'Where the child processes\' logs go (default: a new '
                     'temporary folder).')
-flags.DEFINE_integer('num_gpus', 0, 'GPU suite: the GPUs of the scaling row; 0: all visible.',
+flags.DEFINE_integer('num_gpus',
+                     0,
+                     'GPU suite: the GPUs of the scaling row; 0: all visible.',
                      lower_bound=0)
-flags.DEFINE_enum('gpu_precision', 'mixed_float16', ['float32', 'mixed_float16',
-                                                      'mixed_bfloat16'],
+flags.DEFINE_enum('gpu_precision', 'mixed_float16', ['float32', 'mixed_float16', 'mixed_bfloat16'],
                   'GPU suite: the precision of the scaling, XLA and steps-per-call rows.')
-flags.DEFINE_integer('steps_per_execution', 10, 'GPU suite: steps per call in that row.',
+flags.DEFINE_integer('steps_per_execution',
+                     10,
+                     'GPU suite: steps per call in that row.',
                      lower_bound=2)
 
 FLAGS = flags.FLAGS
@@ -56,10 +61,24 @@ class CpuSizes:
   start_ups: int  # start-up samples per side; the row takes each side's fastest
 
 
-CPU_FULL = CpuSizes(fraction=1.0, image_size=64, batch_size=32, pipeline_batches=3000,
-                    warmup_steps=5, timed_steps=30, chunk_steps=8, rounds=8, start_ups=2)
-CPU_QUICK = CpuSizes(fraction=0.1, image_size=32, batch_size=16, pipeline_batches=300,
-                     warmup_steps=2, timed_steps=4, chunk_steps=3, rounds=2, start_ups=1)
+CPU_FULL = CpuSizes(fraction=1.0,
+                    image_size=64,
+                    batch_size=32,
+                    pipeline_batches=3000,
+                    warmup_steps=5,
+                    timed_steps=30,
+                    chunk_steps=8,
+                    rounds=8,
+                    start_ups=2)
+CPU_QUICK = CpuSizes(fraction=0.1,
+                     image_size=32,
+                     batch_size=16,
+                     pipeline_batches=300,
+                     warmup_steps=2,
+                     timed_steps=4,
+                     chunk_steps=3,
+                     rounds=2,
+                     start_ups=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +90,15 @@ class GpuSizes:
   fraction: float
 
 
-GPU_FULL = GpuSizes(image_size=64, batch_size_per_device=128, warmup_steps=30, timed_steps=200,
+GPU_FULL = GpuSizes(image_size=64,
+                    batch_size_per_device=128,
+                    warmup_steps=30,
+                    timed_steps=200,
                     fraction=1.0)
-GPU_QUICK = GpuSizes(image_size=32, batch_size_per_device=8, warmup_steps=2, timed_steps=4,
+GPU_QUICK = GpuSizes(image_size=32,
+                     batch_size_per_device=8,
+                     warmup_steps=2,
+                     timed_steps=4,
                      fraction=0.05)
 
 
@@ -106,6 +131,7 @@ class Children:
 
 # ---- CPU suite
 
+
 def cpu_suite(dataset, sizes: CpuSizes, children: Children):
   common = dict(dataset=dataset, fraction=sizes.fraction, batch_size=sizes.batch_size)
   project = children.run('data stage, project', 'data_stage_project', common)
@@ -113,21 +139,25 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
                          dict(common, image_size=sizes.image_size))
   pipeline = children.run('input pipeline alone', 'input_pipeline',
                           dict(common, num_batches=sizes.pipeline_batches))
-  training = dict(common, image_size=sizes.image_size, warmup_steps=sizes.warmup_steps,
-                  timed_steps=sizes.timed_steps, chunk_steps=sizes.chunk_steps,
+  training = dict(common,
+                  image_size=sizes.image_size,
+                  warmup_steps=sizes.warmup_steps,
+                  timed_steps=sizes.timed_steps,
+                  chunk_steps=sizes.chunk_steps,
                   rounds=sizes.rounds)
   # Start-up samples alternate bare, trainer.main, bare, ...; the last trainer.main run is
   # the full one, whose training gives the throughput rows.
   bare_starts, main_starts = [], []
   for sample in range(sizes.start_ups):
-    bare = children.run('bare script: build and one step', 'bare_step',
+    bare = children.run('bare script: build and one step',
+                        'bare_step',
                         dict(image_size=sizes.image_size, batch_size=sizes.batch_size),
                         module='benchmarks.bare_step')
     bare_starts.append(bare['first_step_wall'] - bare['spawned_at'])
     last = sample == sizes.start_ups - 1
     trained = children.run(
-        'trainer.main, then the same model on in-memory tensors' if last
-        else 'trainer.main to its first step', 'train_main',
+        'trainer.main, then the same model on in-memory tensors'
+        if last else 'trainer.main to its first step', 'train_main',
         training if last else dict(training, start_up_only=True, warmup_steps=1, timed_steps=1))
     main_starts.append(trained['first_step_wall'] - trained['spawned_at'])
   main_start, bare_start = min(main_starts), min(bare_starts)
@@ -137,8 +167,8 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
   step_seconds = sizes.batch_size / trained['in_memory_images_per_second']
   preprocess_share = trained['preprocess_ms_per_batch'] / 1000 / step_seconds
   rows = [
-      _faster('Data stage: first data call to first training batch ready (s)',
-              project['seconds'], article['seconds'], 10),
+      _faster('Data stage: first data call to first training batch ready (s)', project['seconds'],
+              article['seconds'], 10),
       Row('Data stage: peak resident memory, whole process (GiB)',
           f'{gib(project["peak_rss"]):.2f}', f'{gib(article["peak_rss"]):.2f}',
           article['peak_rss'] / project['peak_rss'],
@@ -147,21 +177,23 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
       _at_least('Input pipeline alone (batches/s) vs the model\'s training rate (batches/s)',
                 pipeline['batches_per_second'], model_batches_per_second, 50, 'x', '{:.1f}',
                 '{:.3f}'),
-      _at_least('Training (img/s): trainer.main on real data vs the same model fit on '
-                'in-memory tensors', trained['main_images_per_second'],
-                trained['in_memory_images_per_second'], 0.95, '', '{:.1f}', '{:.1f}'),
-      _at_least(f'In-model preprocessing (img/s): uint8 28x28x1 in vs pre-resized float32 '
-                f'{sizes.image_size}x{sizes.image_size}x3 in',
-                trained['in_memory_images_per_second'],
-                trained['pre_resized_images_per_second'], 0.95, '', '{:.1f}', '{:.1f}'),
-      Row('Start-up: process start to first finished training step (s), trainer.main vs a '
+      _at_least(
+          'Training (img/s): trainer.main on real data vs the same model fit on '
+          'in-memory tensors', trained['main_images_per_second'],
+          trained['in_memory_images_per_second'], 0.95, '', '{:.1f}', '{:.1f}'),
+      _at_least(
+          f'In-model preprocessing (img/s): uint8 28x28x1 in vs pre-resized float32 '
+          f'{sizes.image_size}x{sizes.image_size}x3 in', trained['in_memory_images_per_second'],
+          trained['pre_resized_images_per_second'], 0.95, '', '{:.1f}', '{:.1f}'),
+      Row(
+          'Start-up: process start to first finished training step (s), trainer.main vs a '
           'bare script', f'{main_start:.1f}', f'{bare_start:.1f}', main_start / bare_start,
           f'{main_start / bare_start:.2f}x', '<= 1.2x', main_start / bare_start <= 1.2),
   ]
   notes = [
       f'Sizes: {sizes.image_size}x{sizes.image_size} images, batch {sizes.batch_size}, '
-      f'{article["num_images"]:,} images prepared by the baseline'
-      + ('' if sizes.fraction == 1 else f' ({sizes.fraction:.0%} of each split)') + '.',
+      f'{article["num_images"]:,} images prepared by the baseline' +
+      ('' if sizes.fraction == 1 else f' ({sizes.fraction:.0%} of each split)') + '.',
       f'Data stage: both processes import the same libraries (TensorFlow, tf_keras, '
       f'tensorflow-datasets, numpy, OpenCV, the trainer) before the timer starts, and both '
       f'end at the batch `fit`\'s first step takes (tf_keras\'s data handler). The baseline\'s '
@@ -210,6 +242,7 @@ def _at_least(measure, project, reference, target, unit, project_format, referen
 
 # ---- GPU suite
 
+
 def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision, spe, quick):
   found = children.run('visible devices', 'devices', {})
   gpus = found['gpus']
@@ -226,10 +259,14 @@ def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision,
   children.total = 5 + (num_gpus > 1) + 2 * bool(gpus)
 
   def measure(what, **config):
-    params = dict(dict(precision=precision, num_gpus=one, xla=False, steps_per_execution=1,
-                       interpolation='bicubic'), **config)
-    result = children.run(what, 'gpu_train', dict(dataclasses.asdict(sizes), dataset=dataset,
-                                                   **params))
+    params = dict(
+        dict(precision=precision,
+             num_gpus=one,
+             xla=False,
+             steps_per_execution=1,
+             interpolation='bicubic'), **config)
+    result = children.run(what, 'gpu_train',
+                          dict(dataclasses.asdict(sizes), dataset=dataset, **params))
     return result['images_per_second_per_device']
 
   device = 'GPU' if gpus else 'CPU'
@@ -243,20 +280,23 @@ def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision,
     rows.append(_speedup(f'{other} vs float32 (img/s per {device})', by_precision[other], f32))
   if num_gpus > 1:
     multi = measure(f'{num_gpus} GPUs', num_gpus=num_gpus)
-    rows.append(_speedup(f'{num_gpus} GPUs vs 1, {precision} (img/s per GPU): scaling '
-                         'efficiency', multi, base))
+    rows.append(
+        _speedup(f'{num_gpus} GPUs vs 1, {precision} (img/s per GPU): scaling '
+                 'efficiency', multi, base))
   else:
     rows.append(Row('Several GPUs vs 1: scaling efficiency', 'skipped: one GPU or none', ''))
   if gpus:
     # XLA has no kernel for ResizeBicubic (the model's default resize): both sides of this
     # row resize bilinear.
-    rows.append(_speedup(f'XLA on vs off, {precision}, bilinear resize (img/s per GPU)',
-                         measure('XLA on, bilinear', xla=True, interpolation='bilinear'),
-                         measure('XLA off, bilinear', interpolation='bilinear')))
+    rows.append(
+        _speedup(f'XLA on vs off, {precision}, bilinear resize (img/s per GPU)',
+                 measure('XLA on, bilinear', xla=True, interpolation='bilinear'),
+                 measure('XLA off, bilinear', interpolation='bilinear')))
   else:
     rows.append(Row('XLA on vs off', 'skipped on CPU: compiling DenseNet121 takes minutes', ''))
-  rows.append(_speedup(f'steps_per_execution={spe} vs 1, {precision} (img/s per {device})',
-                       measure(f'{spe} steps per call', steps_per_execution=spe), base))
+  rows.append(
+      _speedup(f'steps_per_execution={spe} vs 1, {precision} (img/s per {device})',
+               measure(f'{spe} steps per call', steps_per_execution=spe), base))
   notes = [
       f'Devices: {", ".join(gpus) or "none (a CPU smoke check, not GPU figures)"}.',
       f'Sizes: {sizes.image_size}x{sizes.image_size} images, batch {sizes.batch_size_per_device} '
@@ -277,11 +317,14 @@ def _speedup(measure, project, reference):
 
 # ---- The table
 
+
 def table(title, rows: List[Row], notes, header_lines):
   lines = [f'## {title}', '']
   lines += [f'- {line}' for line in header_lines]
-  lines += ['', '| Measure | Project | Baseline / reference | Ratio | Target | Met |',
-            '| --- | ---: | ---: | ---: | --- | --- |']
+  lines += [
+      '', '| Measure | Project | Baseline / reference | Ratio | Target | Met |',
+      '| --- | ---: | ---: | ---: | --- | --- |'
+  ]
   for r in rows:
     met = '' if r.met is None else ('yes' if r.met else '**no**')
     lines.append(f'| {r.measure} | {r.project} | {r.reference} | {r.ratio_text} | {r.target} '
@@ -322,10 +365,12 @@ def main(argv):
                                     2 if FLAGS.quick else FLAGS.steps_per_execution, FLAGS.quick)
   except ChildFailed as e:
     sys.exit(f'error: {e}')
-  header = [f'{machine["date"]}, {kind}',
-            f'Machine: {machine["cpu"]}, {machine["cores"]} cores; Python {machine["python"]}, '
-            f'TensorFlow {libs["tensorflow"]}, tf_keras {libs["tf_keras"]}',
-            f'Data: {describe_data(dataset)}']
+  header = [
+      f'{machine["date"]}, {kind}',
+      f'Machine: {machine["cpu"]}, {machine["cores"]} cores; Python {machine["python"]}, '
+      f'TensorFlow {libs["tensorflow"]}, tf_keras {libs["tf_keras"]}',
+      f'Data: {describe_data(dataset)}'
+  ]
   text = table(f'{FLAGS.suite.upper()} suite', rows, notes, header)
   print(text)
   if FLAGS.output:

@@ -38,7 +38,8 @@ def mock_mnist():
 def notop_weights_file(tmp_path_factory):
   """A seeded DenseNet121 saved the way keras.applications' notop .h5 files are."""
   keras.utils.set_random_seed(1234)
-  backbone = keras.applications.DenseNet121(include_top=False, weights=None,
+  backbone = keras.applications.DenseNet121(include_top=False,
+                                            weights=None,
                                             input_shape=(32, 32, 3))
   path = str(tmp_path_factory.mktemp('weights') / 'densenet121_notop.h5')
   backbone.save_weights(path)
@@ -71,5 +72,3 @@ def prepared_mnist(tmp_path_factory):
   data_dir = str(root / 'tfds')
   prepare_data.prepare('mnist', data_dir, from_idx=idx_dir)
   return data_dir
-
-

@@ -20,8 +20,10 @@ from trainer import idx, main
 
 MOCK_EXAMPLES = 40
 # Flags of a run small enough for this CPU: 32x32 (DenseNet's minimum), a few steps.
-TINY_FLAGS = ['--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=2',
-              '--eval_steps=1', '--warmup_epochs=0.5']
+TINY_FLAGS = [
+    '--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=2', '--eval_steps=1',
+    '--warmup_epochs=0.5'
+]
 
 
 def train_with_flags(*argv):
@@ -43,8 +45,8 @@ def event_tags(log_dir):
 
 # Debian's dataset-fashion-mnist (.ci/run installs it): the four files, gzipped.
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
-needs_fashion_mnist = pytest.mark.skipif(
-    not os.path.isdir(FASHION_MNIST), reason='apt-get install dataset-fashion-mnist')
+needs_fashion_mnist = pytest.mark.skipif(not os.path.isdir(FASHION_MNIST),
+                                         reason='apt-get install dataset-fashion-mnist')
 
 
 def read_idx_file(path):
@@ -65,9 +67,11 @@ def as_arrays(ds):
 def write_idx_dir(directory, images, labels, test_images=None, test_labels=None, compress=False):
   """Writes the four MNIST files for uint8 `images` (N, 28, 28) and `labels` (N,)."""
   os.makedirs(directory, exist_ok=True)
-  splits = {'train': (images, labels),
-            't10k': (images if test_images is None else test_images,
-                     labels if test_labels is None else test_labels)}
+  splits = {
+      'train': (images, labels),
+      't10k': (images if test_images is None else test_images,
+               labels if test_labels is None else test_labels)
+  }
   for prefix, (split_images, split_labels) in splits.items():
     write_idx_file(os.path.join(directory, f'{prefix}-images-idx3-ubyte'), split_images,
                    idx.IMAGES_MAGIC, compress)
@@ -77,7 +81,8 @@ def write_idx_dir(directory, images, labels, test_images=None, test_labels=None,
 
 
 def write_idx_file(path, array, magic, compress=False):
-  content = struct.pack(f'>{1 + array.ndim}I', magic, *array.shape) + array.astype(np.uint8).tobytes()
+  content = struct.pack(f'>{1 + array.ndim}I', magic, *array.shape) + array.astype(
+      np.uint8).tobytes()
   if compress:
     path += '.gz'
   with gzip.open(path, 'wb') if compress else open(path, 'wb') as f:
@@ -87,8 +92,7 @@ def write_idx_file(path, array, magic, compress=False):
 
 def small_digits(n=12, seed=0):
   rng = np.random.default_rng(seed)
-  return (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
-          rng.integers(0, 10, n, dtype=np.uint8))
+  return (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8))
 
 
 # ---- No network, in this process and in a command.
@@ -105,6 +109,7 @@ def block_network(monkeypatch):
   def refuse(*args, **kwargs):
     attempts.append(args[:2])
     raise socket.gaierror(socket.EAI_NONAME, 'network disabled by the test')
+
   monkeypatch.setattr(socket, 'getaddrinfo', refuse)
   monkeypatch.setattr(socket.socket, 'connect', refuse)
   return attempts
@@ -125,9 +130,16 @@ runpy.run_module(module, run_name='__main__', alter_sys=True)
 def run_offline(module, *argv, env=None):
   """Runs `python -m module argv...` with no network; returns (the process's result, seconds)."""
   start = time.perf_counter()
-  result = subprocess.run([sys.executable, '-c', _OFFLINE_MAIN, module, *argv], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, **(env or {})})
+  result = subprocess.run([sys.executable, '-c', _OFFLINE_MAIN, module, *argv],
+                          cwd=REPO,
+                          capture_output=True,
+                          text=True,
+                          timeout=300,
+                          check=False,
+                          env={
+                              **os.environ,
+                              **(env or {})
+                          })
   return result, time.perf_counter() - start
 
 
@@ -138,5 +150,3 @@ def error_line(result):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: '), result.stderr[-2000:]
   return last
-
-

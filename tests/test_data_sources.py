@@ -10,12 +10,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 from helpers import (
-  MOCK_EXAMPLES,
-  SHORT_RUN,
-  block_network,
-  error_line,
-  run_offline,
-  train_with_flags,
+    MOCK_EXAMPLES,
+    SHORT_RUN,
+    block_network,
+    error_line,
+    run_offline,
+    train_with_flags,
 )
 from trainer import data
 from trainer.config import ModelConfig
@@ -23,6 +23,7 @@ from trainer.errors import UserError
 from trainer.model import build_model
 
 # ---- No network, in this process and in a command.
+
 
 def test_no_data_and_no_network_ends_in_seconds_naming_both_fixes(tmp_path):
   result, seconds = run_offline('trainer.main', '--dataset=mnist', '--weights=none',
@@ -45,6 +46,7 @@ def test_a_dataset_that_is_not_image_classification_is_refused_before_any_downlo
 
 # ---- Other tfds datasets: shapes and classes come from the dataset's info.
 
+
 @pytest.fixture
 def mock_tfds(tmp_path):
   """tfds's mock data of each dataset's real shape, downloads blocked; yields its data_dir."""
@@ -52,12 +54,14 @@ def mock_tfds(tmp_path):
     yield str(tmp_path / 'tfds')
 
 
-@pytest.mark.parametrize('dataset, image_shape, num_classes', [
-    ('cifar10', (32, 32, 3), 10),
-    ('emnist', (28, 28, 1), 62),  # the default config, byclass: digits and both cases of letters
-])
-def test_shape_and_classes_come_from_the_dataset_info(mock_tfds, dataset, image_shape,
-                                                      num_classes):
+@pytest.mark.parametrize(
+    'dataset, image_shape, num_classes',
+    [
+        ('cifar10', (32, 32, 3), 10),
+        ('emnist',
+         (28, 28, 1), 62),  # the default config, byclass: digits and both cases of letters
+    ])
+def test_shape_and_classes_come_from_the_dataset_info(mock_tfds, dataset, image_shape, num_classes):
   splits = data.load_splits(dataset, mock_tfds, 0.2)
   assert (splits.info.image_shape, splits.info.num_classes) == (image_shape, num_classes)
   images, labels = next(iter(splits.train.batch(4)))

@@ -76,8 +76,9 @@ def test_two_replicas_train_one_step_like_one_device():
   for expected, actual in zip(one.optimizer.variables, two.optimizer.variables):
     np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4, atol=1e-9)
   # And the step did something: the classifier moved.
-  assert not np.allclose(one.get_layer('logits').get_weights()[0],
-                         start.get_layer('logits').get_weights()[0])
+  assert not np.allclose(
+      one.get_layer('logits').get_weights()[0],
+      start.get_layer('logits').get_weights()[0])
 
 
 def test_mixed_bfloat16_trains_on_the_cpu_with_a_float32_output():
@@ -110,9 +111,11 @@ def test_auto_precision_is_float32_on_the_cpu():
 
 # ---- Bad inputs: each ends in one UserError line (trainer/cli.py prints it, exit 1).
 
+
 def test_more_gpus_than_visible_lists_what_is_visible(tmp_path):
-  with pytest.raises(UserError, match=r'--num_gpus=2 but 0 GPUs are visible \(none\); '
-                                      r'use --num_gpus=0 or fewer'):
+  with pytest.raises(UserError,
+                     match=r'--num_gpus=2 but 0 GPUs are visible \(none\); '
+                     r'use --num_gpus=0 or fewer'):
     train_with_flags('--num_gpus=2', f'--run_dir={tmp_path}')
 
 
@@ -124,8 +127,8 @@ def test_more_gpus_than_visible_lists_what_is_visible(tmp_path):
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}',
      'TF_CONFIG task worker:1 is not in its cluster'),
 ])
-def test_a_malformed_tf_config_is_refused_before_any_worker_starts(tf_config, problem,
-                                                                   monkeypatch, tmp_path):
+def test_a_malformed_tf_config_is_refused_before_any_worker_starts(tf_config, problem, monkeypatch,
+                                                                   tmp_path):
   monkeypatch.setenv('TF_CONFIG', tf_config)
   with pytest.raises(UserError, match=problem):
     train_with_flags(f'--run_dir={tmp_path}')
@@ -133,35 +136,101 @@ def test_a_malformed_tf_config_is_refused_before_any_worker_starts(tf_config, pr
 
 # The layouts launch/, Vertex AI and Kubeflow's TFJob write; all train under
 # MultiWorkerMirroredStrategy. Vertex AI adds "job" and "environment".
-@pytest.mark.parametrize('cluster, task', [
-    ({'worker': ['w0:2222', 'w1:2222']}, {'type': 'worker', 'index': 1}),
-    ({'chief': ['c:2222']}, {'type': 'chief', 'index': 0}),  # a one-replica Vertex AI job
-    ({'chief': ['c:2222'], 'worker': ['w0:2222', 'w1:2222']}, {'type': 'chief', 'index': 0}),
-    ({'chief': ['c:2222'], 'worker': ['w0:2222', 'w1:2222']}, {'type': 'worker', 'index': 1}),
-    ({'chief': ['c:2222'], 'worker': ['w0:2222'], 'evaluator': ['e:2222']},
-     {'type': 'worker', 'index': 0}),
-], ids=['workers', 'chief', 'chief+workers:chief', 'chief+workers:worker', 'with-evaluator'])
+@pytest.mark.parametrize(
+    'cluster, task',
+    [
+        ({
+            'worker': ['w0:2222', 'w1:2222']
+        }, {
+            'type': 'worker',
+            'index': 1
+        }),
+        ({
+            'chief': ['c:2222']
+        }, {
+            'type': 'chief',
+            'index': 0
+        }),  # a one-replica Vertex AI job
+        ({
+            'chief': ['c:2222'],
+            'worker': ['w0:2222', 'w1:2222']
+        }, {
+            'type': 'chief',
+            'index': 0
+        }),
+        ({
+            'chief': ['c:2222'],
+            'worker': ['w0:2222', 'w1:2222']
+        }, {
+            'type': 'worker',
+            'index': 1
+        }),
+        ({
+            'chief': ['c:2222'],
+            'worker': ['w0:2222'],
+            'evaluator': ['e:2222']
+        }, {
+            'type': 'worker',
+            'index': 0
+        }),
+    ],
+    ids=['workers', 'chief', 'chief+workers:chief', 'chief+workers:worker', 'with-evaluator'])
 def test_every_multi_worker_layout_is_accepted(cluster, task):
-  config = {'cluster': cluster, 'task': task, 'job': {'workerPoolSpecs': []},
-            'environment': 'cloud'}
+  config = {
+      'cluster': cluster,
+      'task': task,
+      'job': {
+          'workerPoolSpecs': []
+      },
+      'environment': 'cloud'
+  }
   assert distribution.parse_tf_config(json.dumps(config)) == config
 
 
 @pytest.mark.parametrize('cluster, task, problem', [
-    ({'workers': ['w0:2222']}, {'type': 'workers', 'index': 0},
-     "TF_CONFIG's cluster has workers tasks, which MultiWorkerMirroredStrategy does not use"),
-    ({'chief': ['c:2222'], 'ps': ['p:2222']}, {'type': 'chief', 'index': 0},
-     "TF_CONFIG's cluster has ps tasks"),
-    ({'chief': ['c0:2222', 'c1:2222']}, {'type': 'chief', 'index': 1},
-     "TF_CONFIG's cluster has 2 chiefs; keep one"),
-    ({'chief': 'c:2222'}, {'type': 'chief', 'index': 0},
-     "TF_CONFIG's cluster.chief is not a list"),
-    ({'chief': ['c:2222']}, {'type': 'worker', 'index': 0},
-     'TF_CONFIG task worker:0 is not in its cluster'),
-    ({'chief': ['c:2222']}, {'type': 'chief', 'index': 1},
-     'TF_CONFIG task chief:1 is not in its cluster'),
-    ({'chief': ['c:2222']}, {'type': 'evaluator', 'index': 0},
-     'TF_CONFIG makes this task an evaluator'),
+    ({
+        'workers': ['w0:2222']
+    }, {
+        'type': 'workers',
+        'index': 0
+    }, "TF_CONFIG's cluster has workers tasks, which MultiWorkerMirroredStrategy does not use"),
+    ({
+        'chief': ['c:2222'],
+        'ps': ['p:2222']
+    }, {
+        'type': 'chief',
+        'index': 0
+    }, "TF_CONFIG's cluster has ps tasks"),
+    ({
+        'chief': ['c0:2222', 'c1:2222']
+    }, {
+        'type': 'chief',
+        'index': 1
+    }, "TF_CONFIG's cluster has 2 chiefs; keep one"),
+    ({
+        'chief': 'c:2222'
+    }, {
+        'type': 'chief',
+        'index': 0
+    }, "TF_CONFIG's cluster.chief is not a list"),
+    ({
+        'chief': ['c:2222']
+    }, {
+        'type': 'worker',
+        'index': 0
+    }, 'TF_CONFIG task worker:0 is not in its cluster'),
+    ({
+        'chief': ['c:2222']
+    }, {
+        'type': 'chief',
+        'index': 1
+    }, 'TF_CONFIG task chief:1 is not in its cluster'),
+    ({
+        'chief': ['c:2222']
+    }, {
+        'type': 'evaluator',
+        'index': 0
+    }, 'TF_CONFIG makes this task an evaluator'),
 ])
 def test_a_tf_config_typo_is_refused_in_one_line(cluster, task, problem):
   with pytest.raises(UserError, match=re.escape(problem)) as refused:
@@ -184,13 +253,26 @@ def test_a_chief_alone_is_a_one_replica_multi_worker_run_and_the_chief():
   """A one-replica Vertex AI job: a cluster of one chief. In a process of its own, since
   MultiWorkerMirroredStrategy starts a server that lives as long as the process."""
   port, = _free_ports(1)
-  tf_config = json.dumps({'cluster': {'chief': [f'localhost:{port}']},
-                          'task': {'type': 'chief', 'index': 0}})
+  tf_config = json.dumps({
+      'cluster': {
+          'chief': [f'localhost:{port}']
+      },
+      'task': {
+          'type': 'chief',
+          'index': 0
+      }
+  })
   code = ('import tensorflow as tf; from trainer import distribution as d; s = d.make_strategy(0); '
           'print(isinstance(s, tf.distribute.MultiWorkerMirroredStrategy), '
           's.num_replicas_in_sync, d.is_chief(s))')
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          timeout=300, check=False, env={**os.environ, 'TF_CONFIG': tf_config})
+  result = subprocess.run([sys.executable, '-c', code],
+                          capture_output=True,
+                          text=True,
+                          timeout=300,
+                          check=False,
+                          env={
+                              **os.environ, 'TF_CONFIG': tf_config
+                          })
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ['True', '1', 'True']
 
@@ -203,14 +285,27 @@ def test_a_chief_and_a_worker_train_one_model_and_only_the_chief_writes(tmp_path
   worker_tmp.mkdir()
   chief_port, worker_port = _free_ports(2)
   cluster = {'chief': [f'localhost:{chief_port}'], 'worker': [f'localhost:{worker_port}']}
-  flags_ = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
-            '--epochs=1', '--steps_per_epoch=2', '--eval_steps=1', f'--run_dir={run_dir}']
+  flags_ = [
+      '--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8', '--epochs=1',
+      '--steps_per_epoch=2', '--eval_steps=1', f'--run_dir={run_dir}'
+  ]
   processes = [
-      subprocess.Popen([sys.executable, '-m', 'trainer.main', *flags_],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                       env={**os.environ, 'TMPDIR': str(worker_tmp), 'TF_CONFIG': json.dumps(
-                           {'cluster': cluster, 'task': {'type': task, 'index': 0}})})
-      for task in ('chief', 'worker')]
+      subprocess.Popen(
+          [sys.executable, '-m', 'trainer.main', *flags_],
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+          env={
+              **os.environ, 'TMPDIR': str(worker_tmp),
+              'TF_CONFIG': json.dumps({
+                  'cluster': cluster,
+                  'task': {
+                      'type': task,
+                      'index': 0
+                  }
+              })
+          }) for task in ('chief', 'worker')
+  ]
   try:
     outputs = [p.communicate(timeout=900)[0] for p in processes]
   finally:
@@ -231,29 +326,39 @@ def test_a_chief_and_a_worker_train_one_model_and_only_the_chief_writes(tmp_path
 
 def test_a_multi_worker_run_needs_a_named_run_folder(monkeypatch):
   # The default folder is named after the start time, which differs between workers.
-  monkeypatch.setenv('TF_CONFIG', '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
-                                  '"task": {"type": "worker", "index": 0}}')
+  monkeypatch.setenv(
+      'TF_CONFIG', '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
+      '"task": {"type": "worker", "index": 0}}')
   with pytest.raises(UserError, match='needs the same run folder on every worker'):
     train_with_flags()
 
 
 def test_a_global_batch_that_does_not_split_over_the_replicas(tmp_path):
   flags.FLAGS(['trainer.main', '--batch_size=7', f'--run_dir={tmp_path}'])
-  with pytest.raises(UserError, match='--batch_size=7 does not split evenly over 2 replicas; '
-                                      'use a multiple of 2'):
+  with pytest.raises(UserError,
+                     match='--batch_size=7 does not split evenly over 2 replicas; '
+                     'use a multiple of 2'):
     main.run(strategy_override=two_cpus())
 
 
 @pytest.mark.parametrize('argv, env, expected', [
     (['--precision=float8'], {},
      'flag --precision=float8: value should be one of <auto|float32|mixed_float16|mixed_bfloat16>'),
-    ([], {'TF_CONFIG': 'not json'}, 'TF_CONFIG is malformed'),
+    ([], {
+        'TF_CONFIG': 'not json'
+    }, 'TF_CONFIG is malformed'),
 ])
 def test_bad_hardware_input_ends_in_one_line(argv, env, expected, tmp_path):
   """The same errors as a user meets them: one line on stderr, a non-zero exit."""
-  result = subprocess.run([sys.executable, '-m', 'trainer.main', *argv,
-                           f'--run_dir={tmp_path}'], capture_output=True, text=True,
-                          timeout=300, check=False, env={**os.environ, **env})
+  result = subprocess.run([sys.executable, '-m', 'trainer.main', *argv, f'--run_dir={tmp_path}'],
+                          capture_output=True,
+                          text=True,
+                          timeout=300,
+                          check=False,
+                          env={
+                              **os.environ,
+                              **env
+                          })
   assert result.returncode == 1
   last_line = result.stderr.strip().splitlines()[-1]
   assert last_line.startswith('error: ') and expected in last_line, result.stderr[-2000:]
@@ -266,8 +371,9 @@ def test_a_lost_worker_ends_in_one_line(monkeypatch):
   lost = tf.errors.UnavailableError(
       None, None, 'Collective ops is aborted by: The following tasks are unhealthy (stopped '
       'sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.')
-  with pytest.raises(UserError, match=r'lost contact with /job:worker/replica:0/task:1 '
-                                      r'\(UnavailableError\); .* restart every worker'):
+  with pytest.raises(UserError,
+                     match=r'lost contact with /job:worker/replica:0/task:1 '
+                     r'\(UnavailableError\); .* restart every worker'):
     with distribution.lost_workers_as_user_errors():
       raise lost
 

@@ -39,8 +39,8 @@ def image(value):
 # ---- python -m trainer.evaluate
 
 
-def test_evaluate_prints_and_logs_the_best_checkpoint_on_the_test_split(tiny_run, mock_mnist,
-                                                                        capsys):
+def test_evaluate_prints_and_logs_the_best_checkpoint_on_the_test_split(
+    tiny_run, mock_mnist, capsys):
   evaluation = evaluate.evaluate_run(tiny_run)
 
   assert evaluation.num_examples == MOCK_EXAMPLES  # the whole test split, not --eval_steps
@@ -53,7 +53,8 @@ def test_evaluate_prints_and_logs_the_best_checkpoint_on_the_test_split(tiny_run
 
   logged = summaries(os.path.join(tiny_run, runs.EVALUATE_LOG_DIR))
   assert scalar(logged['test_accuracy'][-1][1]) == pytest.approx(evaluation.accuracy)
-  assert image(logged['confusion_matrix'][-1][1]).shape == (11 * evaluate.CELL, 11 * evaluate.CELL, 3)
+  assert image(logged['confusion_matrix'][-1][1]).shape == (11 * evaluate.CELL, 11 * evaluate.CELL,
+                                                            3)
   assert image(logged['misclassified'][-1][1]).shape[2] == 3
   assert 'report' in logged
 
@@ -141,15 +142,25 @@ def test_profile_steps_write_a_profile_for_the_profile_tab(tmp_path):
   # A small model through the run's callbacks: what is under test is the wiring, not DenseNet.
   config = TrainConfig(run_dir=str(tmp_path), profile_steps='2,3')
   model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation='softmax')])
-  model.compile('adam', 'sparse_categorical_crossentropy',
+  model.compile('adam',
+                'sparse_categorical_crossentropy',
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
   features, labels = np.zeros((16, 4)), np.zeros(16)
   log_dir = str(tmp_path / 'logs')
-  model.fit(features, labels, batch_size=4, validation_data=(features, labels), verbose=0,
-            callbacks=callbacks.training_callbacks(config, str(tmp_path), 'finetune', True,
-                                                   steps_per_epoch=4, best_so_far=None))
-  profiles = [name for _, _, names in os.walk(log_dir) for name in names
-              if name.endswith('.xplane.pb')]
+  model.fit(features,
+            labels,
+            batch_size=4,
+            validation_data=(features, labels),
+            verbose=0,
+            callbacks=callbacks.training_callbacks(config,
+                                                   str(tmp_path),
+                                                   'finetune',
+                                                   True,
+                                                   steps_per_epoch=4,
+                                                   best_so_far=None))
+  profiles = [
+      name for _, _, names in os.walk(log_dir) for name in names if name.endswith('.xplane.pb')
+  ]
   assert profiles
 
 

@@ -33,8 +33,12 @@ np.savez(sys.argv[3], probabilities=outputs['probabilities'].numpy(),
 
 
 def run_command(*args):
-  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=300, check=False)
+  return subprocess.run([sys.executable, *args],
+                        cwd=REPO,
+                        capture_output=True,
+                        text=True,
+                        timeout=300,
+                        check=False)
 
 
 def copy_run(run_dir, destination, *names):
@@ -59,7 +63,7 @@ def keras_probabilities(tiny_run, raw_digits):
 
 
 def test_run_folder_records_the_dataset_and_keeps_the_keras_model(tiny_run, raw_digits,
-                                                                   keras_probabilities):
+                                                                  keras_probabilities):
   info = runs.read_dataset_info(tiny_run)
   assert info == DatasetInfo(MNIST_SHAPE, 10, tuple(str(i) for i in range(10)))
   # Loads with no custom_objects: the file holds the model without training's custom loss.
@@ -123,5 +127,5 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path):
 def test_dataset_json_round_trips(tmp_path):
   runs.write_dataset_info(str(tmp_path), DatasetInfo((32, 32, 3), 3, ('cat', 'dog', 'bird')))
   assert runs.read_dataset_info(str(tmp_path)) == DatasetInfo((32, 32, 3), 3,
-                                                                      ('cat', 'dog', 'bird'))
+                                                              ('cat', 'dog', 'bird'))
   assert json.loads((tmp_path / runs.DATASET_FILE).read_text())['image_shape'] == [32, 32, 3]

@@ -12,16 +12,22 @@ from helpers import REPO, error_line, run_offline
 from trainer import runs
 
 # A run long enough to interfere with: epochs of 40 steps on synthetic digits.
-LONG_RUN = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
-            '--train_mode=transfer', '--epochs=3', '--steps_per_epoch=40', '--eval_steps=1',
-            '--noexport']
+LONG_RUN = [
+    '--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
+    '--train_mode=transfer', '--epochs=3', '--steps_per_epoch=40', '--eval_steps=1', '--noexport'
+]
 
 
 def start(run_dir, log_path, *extra):
   with open(log_path, 'w') as log:
-    return subprocess.Popen([sys.executable, '-m', 'trainer.main', *LONG_RUN, *extra,
-                             f'--run_dir={run_dir}'], cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    return subprocess.Popen(
+        [sys.executable, '-m', 'trainer.main', *LONG_RUN, *extra, f'--run_dir={run_dir}'],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={
+            **os.environ, 'PYTHONUNBUFFERED': '1'
+        })
 
 
 def wait_for(condition, process, log_path, what):
@@ -86,15 +92,20 @@ def test_deterministic_runs_write_the_same_history_and_metrics(tmp_path):
   outputs = []
   for name in ('first', 'second'):
     run_dir = tmp_path / name
-    result = subprocess.run(
-        [sys.executable, '-m', 'trainer.main', '--dataset=synthetic', '--weights=none',
-         '--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=3', '--eval_steps=2',
-         '--augment', '--dropout=0.2', '--seed=7', '--deterministic', '--noexport',
-         f'--run_dir={run_dir}'], cwd=REPO, capture_output=True, text=True, timeout=900,
-        check=False)
+    result = subprocess.run([
+        sys.executable, '-m', 'trainer.main', '--dataset=synthetic', '--weights=none',
+        '--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=3', '--eval_steps=2',
+        '--augment', '--dropout=0.2', '--seed=7', '--deterministic', '--noexport',
+        f'--run_dir={run_dir}'
+    ],
+                            cwd=REPO,
+                            capture_output=True,
+                            text=True,
+                            timeout=900,
+                            check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    outputs.append(((run_dir / runs.HISTORY_FILE).read_text(),
-                    (run_dir / runs.METRICS_FILE).read_text()))
+    outputs.append(
+        ((run_dir / runs.HISTORY_FILE).read_text(), (run_dir / runs.METRICS_FILE).read_text()))
   assert outputs[0] == outputs[1]
 
 
@@ -121,27 +132,39 @@ else:
       training_callbacks(*args)[:int(kill_at)] + [Kill()] + training_callbacks(*args)[int(kill_at):])
 runpy.run_module('trainer.main', run_name='__main__', alter_sys=True)
 '''
-KILL_RUN = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
-            '--train_mode=transfer', '--epochs=2', '--steps_per_epoch=2', '--eval_steps=1']
+KILL_RUN = [
+    '--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
+    '--train_mode=transfer', '--epochs=2', '--steps_per_epoch=2', '--eval_steps=1'
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('kill_at', [
-    '2',  # after the epoch checks, before the best checkpoint
-    '4',  # after the checkpoint and the history row, before TensorBoard
-    '6',  # after everything but BackupAndRestore: the history is ahead of the backup
-    '7',  # after BackupAndRestore
-    'export',  # after the SavedModel, before metrics.json
-])
+@pytest.mark.parametrize(
+    'kill_at',
+    [
+        '2',  # after the epoch checks, before the best checkpoint
+        '4',  # after the checkpoint and the history row, before TensorBoard
+        '6',  # after everything but BackupAndRestore: the history is ahead of the backup
+        '7',  # after BackupAndRestore
+        'export',  # after the SavedModel, before metrics.json
+    ])
 def test_a_run_killed_anywhere_resumes_to_one_clean_history(tmp_path, kill_at):
   run_dir = tmp_path / 'run'
-  killed = subprocess.run([sys.executable, '-c', _KILLING_MAIN, kill_at, *KILL_RUN,
-                           f'--run_dir={run_dir}'], cwd=REPO, capture_output=True, text=True,
-                          timeout=900, check=False)
+  killed = subprocess.run(
+      [sys.executable, '-c', _KILLING_MAIN, kill_at, *KILL_RUN, f'--run_dir={run_dir}'],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=900,
+      check=False)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   assert not (run_dir / runs.METRICS_FILE).exists()
   again = subprocess.run([sys.executable, '-m', 'trainer.main', *KILL_RUN, f'--run_dir={run_dir}'],
-                         cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+                         cwd=REPO,
+                         capture_output=True,
+                         text=True,
+                         timeout=900,
+                         check=False)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'could not be found' not in again.stderr  # the checkpoints load without warnings
   with open(run_dir / runs.HISTORY_FILE) as f:

@@ -6,22 +6,23 @@ import numpy as np
 import pytest
 
 from helpers import (
-  FASHION_MNIST,
-  SHORT_RUN,
-  as_arrays,
-  error_line,
-  needs_fashion_mnist,
-  read_idx_file,
-  run_offline,
-  small_digits,
-  train_with_flags,
-  write_idx_dir,
-  write_idx_file,
+    FASHION_MNIST,
+    SHORT_RUN,
+    as_arrays,
+    error_line,
+    needs_fashion_mnist,
+    read_idx_file,
+    run_offline,
+    small_digits,
+    train_with_flags,
+    write_idx_dir,
+    write_idx_file,
 )
 from trainer import data, idx
 from trainer.errors import UserError
 
 # ---- The real Fashion-MNIST.
+
 
 @needs_fashion_mnist
 def test_real_fashion_mnist_reads_every_example_exactly():
@@ -39,8 +40,8 @@ def test_real_fashion_mnist_reads_every_example_exactly():
 @needs_fashion_mnist
 def test_real_fashion_mnist_splits_and_trains(tmp_path):
   splits = data.load_splits(f'idx:{FASHION_MNIST}', None, validation_split=0.2)
-  assert [data.num_examples(ds) for ds in (splits.train, splits.validation, splits.test)] == [
-      48_000, 12_000, 10_000]
+  assert [data.num_examples(ds) for ds in (splits.train, splits.validation, splits.test)
+         ] == [48_000, 12_000, 10_000]
   metrics = train_with_flags(*SHORT_RUN, f'--dataset=idx:{FASHION_MNIST}',
                              f'--run_dir={tmp_path / "run"}')
   assert 0 <= metrics['test_accuracy'] <= 1 and np.isfinite(metrics['test_loss'])
@@ -58,6 +59,7 @@ def test_plain_and_gzipped_files_read_the_same(tmp_path, compress):
 
 # ---- Bad input: one clear error each.
 
+
 def _wrong_magic(directory):
   images, _ = small_digits()
   write_idx_file(os.path.join(directory, 'train-images-idx3-ubyte'), images, idx.LABELS_MAGIC)
@@ -72,8 +74,10 @@ def _gzipped_images(directory):
   """Replaces the train images by their gzipped copy; returns its path."""
   images, _ = small_digits()
   os.remove(os.path.join(directory, 'train-images-idx3-ubyte'))
-  return write_idx_file(os.path.join(directory, 'train-images-idx3-ubyte'), images,
-                        idx.IMAGES_MAGIC, compress=True)
+  return write_idx_file(os.path.join(directory, 'train-images-idx3-ubyte'),
+                        images,
+                        idx.IMAGES_MAGIC,
+                        compress=True)
 
 
 def _truncated_gzip(directory):
@@ -106,7 +110,7 @@ def _no_folder(directory):
 
 BAD_IDX_FOLDERS = [
     (_wrong_magic, r'train-images-idx3-ubyte is not an IDX file of the expected kind '
-                   r'\(magic number 2049, expected 2051\)'),
+     r'\(magic number 2049, expected 2051\)'),
     (_truncated, r'holds 9324 bytes but its header promises 9424'),
     (_truncated_gzip, r'train-images-idx3-ubyte.gz is not a complete gzip file'),
     (_header_only_gzip, r'train-images-idx3-ubyte.gz is not a complete gzip file'),
@@ -117,7 +121,8 @@ BAD_IDX_FOLDERS = [
 ]
 
 
-@pytest.mark.parametrize('damage, expected', BAD_IDX_FOLDERS,
+@pytest.mark.parametrize('damage, expected',
+                         BAD_IDX_FOLDERS,
                          ids=[damage.__name__.strip('_') for damage, _ in BAD_IDX_FOLDERS])
 def test_bad_idx_folders_are_refused_with_the_problem_and_fix(tmp_path, damage, expected):
   directory = write_idx_dir(tmp_path / 'idx', *small_digits())

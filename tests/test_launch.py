@@ -17,17 +17,25 @@ import pytest
 import yaml
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
-SCRIPTS = ['launch/local.sh', 'launch/ssh.sh', 'launch/gce.sh', 'launch/vertex.sh',
-           'launch/k8s.sh']
+SCRIPTS = ['launch/local.sh', 'launch/ssh.sh', 'launch/gce.sh', 'launch/vertex.sh', 'launch/k8s.sh']
 # The smallest real run: mock tfds data does not cross processes, synthetic data does.
-TINY_RUN = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
-            '--epochs=1', '--steps_per_epoch=2', '--eval_steps=1']
+TINY_RUN = [
+    '--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8', '--epochs=1',
+    '--steps_per_epoch=2', '--eval_steps=1'
+]
 
 
 def launch(script, *args, env=None, timeout=60):
-  return subprocess.run([os.path.join(ROOT, script), *args], capture_output=True, text=True,
-                        cwd=ROOT, timeout=timeout, check=False,
-                        env={**os.environ, 'PYTHON': sys.executable, **(env or {})})
+  return subprocess.run([os.path.join(ROOT, script), *args],
+                        capture_output=True,
+                        text=True,
+                        cwd=ROOT,
+                        timeout=timeout,
+                        check=False,
+                        env={
+                            **os.environ, 'PYTHON': sys.executable,
+                            **(env or {})
+                        })
 
 
 def tf_configs(dry_run_output):
@@ -43,13 +51,19 @@ def tf_configs(dry_run_output):
 def assert_one_cluster_two_tasks(configs, cluster=None):
   assert len(configs) == 2
   assert configs[0]['cluster'] == configs[1]['cluster']
-  assert [c['task'] for c in configs] == [{'type': 'worker', 'index': 0},
-                                          {'type': 'worker', 'index': 1}]
+  assert [c['task'] for c in configs] == [{
+      'type': 'worker',
+      'index': 0
+  }, {
+      'type': 'worker',
+      'index': 1
+  }]
   if cluster:
     assert configs[0]['cluster'] == {'worker': cluster}
 
 
 # ---- launch/local.sh
+
 
 @pytest.mark.slow
 def test_two_local_workers_train_one_model_and_only_the_chief_writes(tmp_path, prepared_mnist):
@@ -57,18 +71,26 @@ def test_two_local_workers_train_one_model_and_only_the_chief_writes(tmp_path, p
   # multi-worker validation on such data only (trainer/cli.py turns them off under TF_CONFIG).
   run_dir, worker_tmp = tmp_path / 'run', tmp_path / 'tmp'
   worker_tmp.mkdir()
-  result = launch('launch/local.sh', '2', '--', *TINY_RUN, '--dataset=mnist',
-                  f'--data_dir={prepared_mnist}', '--nodownload', f'--run_dir={run_dir}',
-                  env={'TMPDIR': str(worker_tmp)}, timeout=900)
+  result = launch('launch/local.sh',
+                  '2',
+                  '--',
+                  *TINY_RUN,
+                  '--dataset=mnist',
+                  f'--data_dir={prepared_mnist}',
+                  '--nodownload',
+                  f'--run_dir={run_dir}',
+                  env={'TMPDIR': str(worker_tmp)},
+                  timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   out = result.stdout
   assert 'All 2 workers finished' in out
   # Both processes trained one model under MultiWorkerMirroredStrategy: two replicas in
   # sync, and the same test loss, since they evaluated it together.
   for worker in (0, 1):
-    assert any(line.startswith(f'[worker {worker}]') and
-               '2 replica(s), global batch 8, precision float32' in line
-               for line in out.splitlines()), out[-3000:]
+    assert any(
+        line.startswith(f'[worker {worker}]') and
+        '2 replica(s), global batch 8, precision float32' in line
+        for line in out.splitlines()), out[-3000:]
   test_losses = {line.split('] ', 1)[1] for line in out.splitlines() if 'Test loss' in line}
   assert len(test_losses) == 1, test_losses
 
@@ -101,7 +123,10 @@ exec sleep 60
 @pytest.mark.slow
 def test_when_one_worker_fails_local_sh_stops_the_others_and_fails(tmp_path):
   start = time.monotonic()
-  result = launch('launch/local.sh', '2', '--', '--epochs=1',
+  result = launch('launch/local.sh',
+                  '2',
+                  '--',
+                  '--epochs=1',
                   env={'PYTHON': fake_python(tmp_path, worker_1_fails=True)})
   assert result.returncode == 3
   assert time.monotonic() - start < 30  # not the minute worker 0 would sleep
@@ -114,8 +139,10 @@ def test_when_one_worker_fails_local_sh_stops_the_others_and_fails(tmp_path):
 def test_a_killed_local_sh_takes_its_workers_with_it(tmp_path):
   """Else a re-run would train beside the old workers, in the same run folder."""
   launcher = subprocess.Popen([os.path.join(ROOT, 'launch/local.sh'), '2', '--', '--epochs=1'],
-                              cwd=ROOT, env={**os.environ,
-                                             'PYTHON': fake_python(tmp_path, False)})
+                              cwd=ROOT,
+                              env={
+                                  **os.environ, 'PYTHON': fake_python(tmp_path, False)
+                              })
   pid_files = [tmp_path / 'worker0.pid', tmp_path / 'worker1.pid']
   deadline = time.monotonic() + 30
   while not all(f.exists() and f.read_text().strip() for f in pid_files):
@@ -152,6 +179,7 @@ def test_local_dry_run_gives_two_workers_one_cluster_on_localhost():
 
 # ---- launch/ssh.sh and launch/gce.sh: what they would run
 
+
 def test_ssh_dry_run_gives_each_host_its_task_in_one_cluster():
   result = launch('launch/ssh.sh', '--dry-run', '--hosts=me@gpu1,gpu2', '--port=3000', '--',
                   '--num_gpus=2', '--run_dir=gs://bucket/runs/a')
@@ -163,8 +191,8 @@ def test_ssh_dry_run_gives_each_host_its_task_in_one_cluster():
 
 
 def test_gce_dry_run_trains_one_worker_per_vm_in_one_cluster():
-  result = launch('launch/gce.sh', '--dry-run', '--workers=2', '--name=mnist', '--gpus=4',
-                  'train', '--', '--run_dir=gs://bucket/runs/a')
+  result = launch('launch/gce.sh', '--dry-run', '--workers=2', '--name=mnist', '--gpus=4', 'train',
+                  '--', '--run_dir=gs://bucket/runs/a')
   assert result.returncode == 0, result.stderr
   assert_one_cluster_two_tasks(tf_configs(result.stdout), ['mnist-0:2222', 'mnist-1:2222'])
   assert 'gcloud compute ssh mnist-0 --zone=us-central1-a' in result.stdout
@@ -175,13 +203,18 @@ def test_gce_dry_run_creates_gpu_vms_that_install_the_package_and_deletes_them(t
   create = launch('launch/gce.sh', '--dry-run', '--workers=2', '--spot',
                   '--staging=gs://bucket/staging', f'--log_dir={tmp_path}', 'create')
   assert create.returncode == 0, create.stderr
-  commands = [shlex.split(line) for line in create.stdout.splitlines()
-              if line.startswith('gcloud compute instances create')]
+  commands = [
+      shlex.split(line)
+      for line in create.stdout.splitlines()
+      if line.startswith('gcloud compute instances create')
+  ]
   assert len(commands) == 1
   assert commands[0][4:6] == ['densenet-0', 'densenet-1']
-  assert {'--accelerator=type=nvidia-tesla-t4,count=1', '--maintenance-policy=TERMINATE',
-          '--provisioning-model=SPOT', f'--metadata-from-file=startup-script={tmp_path}/startup.sh',
-          '--image-project=deeplearning-platform-release'} <= set(commands[0])
+  assert {
+      '--accelerator=type=nvidia-tesla-t4,count=1', '--maintenance-policy=TERMINATE',
+      '--provisioning-model=SPOT', f'--metadata-from-file=startup-script={tmp_path}/startup.sh',
+      '--image-project=deeplearning-platform-release'
+  } <= set(commands[0])
   assert 'gcloud storage cp' in create.stdout  # the wheel of this checkout goes to staging
   assert "tensorflow\\[and-cuda\\,gcs-filesystem\\]==2.21.\\*" in create.stdout
   assert not (tmp_path / 'startup.sh').exists()  # a dry run writes nothing
@@ -229,7 +262,10 @@ def test_gce_worker_scripts_quote_what_they_pass_on(tmp_path):
   for index, script in enumerate(scripts):
     # The VM's paths, moved under tmp_path.
     script = script.replace('/opt/densenet', f'{tmp_path}/opt/densenet')
-    run = subprocess.run(['bash', '-c', script], cwd=tmp_path, capture_output=True, text=True,
+    run = subprocess.run(['bash', '-c', script],
+                         cwd=tmp_path,
+                         capture_output=True,
+                         text=True,
                          check=False)
     assert run.returncode == 0, run.stderr
     config, *argv = run.stdout.splitlines()
@@ -253,20 +289,37 @@ def written_file_and_command(dry_run_output):
 
 def test_vertex_dry_run_puts_the_chief_in_pool_0_and_the_other_replicas_in_pool_1(tmp_path):
   image = 'us-central1-docker.pkg.dev/proj/repo/densenet:1'
-  result = launch('launch/vertex.sh', '--dry-run', f'--image={image}', '--replicas=3',
-                  '--gpus=2', '--accelerator=NVIDIA_L4', '--machine_type=g2-standard-24',
+  result = launch('launch/vertex.sh', '--dry-run', f'--image={image}', '--replicas=3', '--gpus=2',
+                  '--accelerator=NVIDIA_L4', '--machine_type=g2-standard-24',
                   '--output_dir=gs://bucket/runs/a', '--project=my-project', '--name=mnist',
                   f'--log_dir={tmp_path}', '--', *AWKWARD_FLAGS)
   assert result.returncode == 0, result.stderr
   spec, command = written_file_and_command(result.stdout)
-  pool = {'machineSpec': {'machineType': 'g2-standard-24', 'acceleratorType': 'NVIDIA_L4',
-                          'acceleratorCount': 2},
-          'containerSpec': {'imageUri': image, 'args': ['--num_gpus=2', *AWKWARD_FLAGS]}}
-  assert spec == {'workerPoolSpecs': [{**pool, 'replicaCount': 1}, {**pool, 'replicaCount': 2}],
-                  'baseOutputDirectory': {'outputUriPrefix': 'gs://bucket/runs/a'}}
-  assert command == ['gcloud', 'ai', 'custom-jobs', 'create', '--region=us-central1',
-                     '--display-name=mnist', f'--config={tmp_path}/job.yaml',
-                     '--project=my-project']
+  pool = {
+      'machineSpec': {
+          'machineType': 'g2-standard-24',
+          'acceleratorType': 'NVIDIA_L4',
+          'acceleratorCount': 2
+      },
+      'containerSpec': {
+          'imageUri': image,
+          'args': ['--num_gpus=2', *AWKWARD_FLAGS]
+      }
+  }
+  assert spec == {
+      'workerPoolSpecs': [{
+          **pool, 'replicaCount': 1
+      }, {
+          **pool, 'replicaCount': 2
+      }],
+      'baseOutputDirectory': {
+          'outputUriPrefix': 'gs://bucket/runs/a'
+      }
+  }
+  assert command == [
+      'gcloud', 'ai', 'custom-jobs', 'create', '--region=us-central1', '--display-name=mnist',
+      f'--config={tmp_path}/job.yaml', '--project=my-project'
+  ]
   assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
@@ -275,17 +328,25 @@ def test_vertex_one_replica_is_a_chief_alone(tmp_path):
                   f'--log_dir={tmp_path}', '--', '--run_dir=gs://bucket/runs/a')
   assert result.returncode == 0, result.stderr
   spec, _ = written_file_and_command(result.stdout)
-  assert spec == {'workerPoolSpecs': [{
-      'machineSpec': {'machineType': 'n1-standard-8'}, 'replicaCount': 1,
-      'containerSpec': {'imageUri': 'gcr.io/proj/densenet',
-                        'args': ['--num_gpus=0', '--run_dir=gs://bucket/runs/a']}}]}
+  assert spec == {
+      'workerPoolSpecs': [{
+          'machineSpec': {
+              'machineType': 'n1-standard-8'
+          },
+          'replicaCount': 1,
+          'containerSpec': {
+              'imageUri': 'gcr.io/proj/densenet',
+              'args': ['--num_gpus=0', '--run_dir=gs://bucket/runs/a']
+          }
+      }]
+  }
 
 
 def test_k8s_dry_run_renders_a_tfjob_of_a_chief_and_workers(tmp_path):
   result = launch('launch/k8s.sh', '--dry-run', '--image=registry.example/densenet:1',
-                  '--replicas=3', '--gpus=2', '--name=mnist', '--namespace=ml',
-                  '--pvc=shared-runs', '--service_account=trainer', f'--log_dir={tmp_path}', '--',
-                  '--run_dir=/runs/a', *AWKWARD_FLAGS)
+                  '--replicas=3', '--gpus=2', '--name=mnist', '--namespace=ml', '--pvc=shared-runs',
+                  '--service_account=trainer', f'--log_dir={tmp_path}', '--', '--run_dir=/runs/a',
+                  *AWKWARD_FLAGS)
   assert result.returncode == 0, result.stderr
   job, command = written_file_and_command(result.stdout)
   assert command == ['kubectl', 'create', '-f', f'{tmp_path}/tfjob.yaml']
@@ -298,14 +359,27 @@ def test_k8s_dry_run_renders_a_tfjob_of_a_chief_and_workers(tmp_path):
     assert spec['restartPolicy'] == 'OnFailure'
     pod = spec['template']['spec']
     assert pod['serviceAccountName'] == 'trainer'
-    assert pod['volumes'] == [{'name': 'runs',
-                               'persistentVolumeClaim': {'claimName': 'shared-runs'}}]
+    assert pod['volumes'] == [{
+        'name': 'runs',
+        'persistentVolumeClaim': {
+            'claimName': 'shared-runs'
+        }
+    }]
     container, = pod['containers']
     assert container == {
-        'name': 'tensorflow', 'image': 'registry.example/densenet:1',
+        'name': 'tensorflow',
+        'image': 'registry.example/densenet:1',
         'args': ['--num_gpus=2', '--run_dir=/runs/a', *AWKWARD_FLAGS],
-        'resources': {'limits': {'nvidia.com/gpu': 2}},
-        'volumeMounts': [{'name': 'runs', 'mountPath': '/runs'}]}
+        'resources': {
+            'limits': {
+                'nvidia.com/gpu': 2
+            }
+        },
+        'volumeMounts': [{
+            'name': 'runs',
+            'mountPath': '/runs'
+        }]
+    }
   assert not list(tmp_path.iterdir())
 
 
@@ -315,12 +389,17 @@ def test_k8s_one_pod_is_a_chief_alone_on_the_cpu(tmp_path):
   assert result.returncode == 0, result.stderr
   job, _ = written_file_and_command(result.stdout)
   assert list(job['spec']['tfReplicaSpecs']) == ['Chief']
-  assert job['spec']['tfReplicaSpecs']['Chief']['template']['spec'] == {'containers': [{
-      'name': 'tensorflow', 'image': 'densenet',
-      'args': ['--num_gpus=0', '--run_dir=gs://bucket/runs/a']}]}
+  assert job['spec']['tfReplicaSpecs']['Chief']['template']['spec'] == {
+      'containers': [{
+          'name': 'tensorflow',
+          'image': 'densenet',
+          'args': ['--num_gpus=0', '--run_dir=gs://bucket/runs/a']
+      }]
+  }
 
 
 # ---- The container image: no Docker daemon here, so what it is built from and runs
+
 
 def dockerfile():
   """The Dockerfile's instructions as (INSTRUCTION, arguments) pairs."""
@@ -370,18 +449,29 @@ def test_the_image_installs_the_package_the_cpu_install_does(tmp_path):
   extras = re.fullmatch(r'\.\[([-a-z,]+)\]', target)[1].split(',')
   assert set(extras) <= set(setup_cfg()['options.extras_require'])
 
-  subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation',
-                  f'--wheel-dir={tmp_path}', '.'], cwd=context, check=True, capture_output=True)
+  subprocess.run([
+      sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation',
+      f'--wheel-dir={tmp_path}', '.'
+  ],
+                 cwd=context,
+                 check=True,
+                 capture_output=True)
   wheel, = glob.glob(str(tmp_path / '*.whl'))
   with zipfile.ZipFile(wheel) as z:
     names = z.namelist()
     metadata = z.read(next(n for n in names if n.endswith('/METADATA'))).decode()
   modules = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'trainer', '*.py'))}
   assert {n for n in names if n.startswith('trainer/')} == modules
-  required = {_project(line) for line in setup_cfg()['options']['install_requires'].splitlines()
-              if line and not line.startswith('#')}
-  assert {_project(line[len('Requires-Dist: '):]) for line in metadata.splitlines()
-          if line.startswith('Requires-Dist: ') and 'extra ==' not in line} == required
+  required = {
+      _project(line)
+      for line in setup_cfg()['options']['install_requires'].splitlines()
+      if line and not line.startswith('#')
+  }
+  assert {
+      _project(line[len('Requires-Dist: '):])
+      for line in metadata.splitlines()
+      if line.startswith('Requires-Dist: ') and 'extra ==' not in line
+  } == required
 
 
 def _project(requirement):
@@ -390,6 +480,7 @@ def _project(requirement):
 
 
 # ---- All three
+
 
 @pytest.mark.parametrize('script', SCRIPTS)
 def test_help(script):
@@ -407,19 +498,19 @@ def test_help(script):
     ('launch/vertex.sh', ['--', '--run_dir=gs://bucket/a'], 'give the image'),
     ('launch/vertex.sh', ['--image=a b', '--output_dir=gs://bucket/a'], '--image=a\\ b is not'),
     ('launch/vertex.sh', ['--image=x', '--', '--run_dir=runs/a'], 'needs a Cloud Storage folder'),
-    ('launch/vertex.sh', ['--image=x', '--accelerator=nvidia-tesla-t4',
-                      '--output_dir=gs://bucket/a'],
-     '--accelerator=nvidia-tesla-t4 is not a Vertex AI GPU type'),
-    ('launch/vertex.sh', ['--image=x', '--output_dir=gs://bucket/a', '--', '--x=a\nb'],
-     "trainer flag $'--x=a\\nb' holds a control character"),
+    ('launch/vertex.sh', [
+        '--image=x', '--accelerator=nvidia-tesla-t4', '--output_dir=gs://bucket/a'
+    ], '--accelerator=nvidia-tesla-t4 is not a Vertex AI GPU type'),
+    ('launch/vertex.sh', ['--image=x', '--output_dir=gs://bucket/a', '--', '--x=a\nb'
+                         ], "trainer flag $'--x=a\\nb' holds a control character"),
     ('launch/k8s.sh', ['--', '--run_dir=gs://bucket/a'], 'give the image'),
     ('launch/k8s.sh', ['--image=x', '--', '--run_dir=/runs/a'], 'need a run folder they all see'),
-    ('launch/k8s.sh', ['--image=x', '--name=Mnist_1', '--', '--run_dir=gs://bucket/a'],
-     '--name=Mnist_1 is not a TFJob name'),
-    ('launch/k8s.sh', ['--image=x', '--pvc=a"b: c', '--', '--run_dir=/runs/a'],
-     '--pvc=a\\"b:\\ c is not a PersistentVolumeClaim name'),
-    ('launch/k8s.sh', ['--image=x', '--replicas=0', '--', '--run_dir=gs://bucket/a'],
-     '--replicas=0 is not a number of pods'),
+    ('launch/k8s.sh', ['--image=x', '--name=Mnist_1', '--', '--run_dir=gs://bucket/a'
+                      ], '--name=Mnist_1 is not a TFJob name'),
+    ('launch/k8s.sh', ['--image=x', '--pvc=a"b: c', '--', '--run_dir=/runs/a'
+                      ], '--pvc=a\\"b:\\ c is not a PersistentVolumeClaim name'),
+    ('launch/k8s.sh', ['--image=x', '--replicas=0', '--', '--run_dir=gs://bucket/a'
+                      ], '--replicas=0 is not a number of pods'),
 ])
 def test_bad_arguments_end_in_one_line(script, args, expected):
   result = launch(script, '--dry-run', *args)
@@ -430,6 +521,9 @@ def test_bad_arguments_end_in_one_line(script, args, expected):
 
 @pytest.mark.skipif(not shutil.which('shellcheck'), reason='shellcheck is not installed')
 def test_the_scripts_pass_shellcheck():
-  result = subprocess.run(['shellcheck', '-x', *SCRIPTS, 'launch/lib.sh'], cwd=ROOT,
-                          capture_output=True, text=True, check=False)
+  result = subprocess.run(['shellcheck', '-x', *SCRIPTS, 'launch/lib.sh'],
+                          cwd=ROOT,
+                          capture_output=True,
+                          text=True,
+                          check=False)
   assert result.returncode == 0, result.stdout

@@ -58,8 +58,11 @@ def test_an_unfinished_run_resumes_only_with_the_same_settings(tmp_path):
 
 
 def run_main(*argv):
-  return subprocess.run([sys.executable, '-m', 'trainer.main', *argv], capture_output=True,
-                        text=True, timeout=300, check=False)
+  return subprocess.run([sys.executable, '-m', 'trainer.main', *argv],
+                        capture_output=True,
+                        text=True,
+                        timeout=300,
+                        check=False)
 
 
 @pytest.mark.parametrize('argv, expected', [
@@ -79,9 +82,11 @@ def test_bad_input_ends_in_one_clear_line(argv, expected, tmp_path):
   assert 'Traceback' not in result.stderr
 
 
-@pytest.mark.parametrize('config_file', sorted(
-    os.path.join('configs', name) for name in os.listdir(
-        os.path.join(os.path.dirname(__file__), '..', 'configs'))))
+@pytest.mark.parametrize(
+    'config_file',
+    sorted(
+        os.path.join('configs', name)
+        for name in os.listdir(os.path.join(os.path.dirname(__file__), '..', 'configs'))))
 def test_every_config_parses_into_a_train_config(config_file, monkeypatch):
   monkeypatch.chdir(ROOT)  # configs include each other by paths relative to the root
   flags.FLAGS(['trainer.main', f'--flagfile={config_file}'])

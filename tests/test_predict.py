@@ -18,8 +18,12 @@ RGB_SHAPE = (32, 32, 3)  # a colour model's input: no autocontrast hides a wrong
 
 
 def run_command(*args):
-  return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                        timeout=300, check=False)
+  return subprocess.run([sys.executable, *args],
+                        cwd=REPO,
+                        capture_output=True,
+                        text=True,
+                        timeout=300,
+                        check=False)
 
 
 def draw_seven(size=(90, 120), ink=30, paper=230):
@@ -27,7 +31,9 @@ def draw_seven(size=(90, 120), ink=30, paper=230):
   width, height = size
   image = Image.new('L', size, paper)
   ImageDraw.Draw(image).line([(0.25 * width, 0.2 * height), (0.75 * width, 0.2 * height),
-                              (0.4 * width, 0.8 * height)], fill=ink, width=width // 8)
+                              (0.4 * width, 0.8 * height)],
+                             fill=ink,
+                             width=width // 8)
   return image
 
 
@@ -38,8 +44,9 @@ def model_input(path, image_shape=MNIST_SHAPE, invert='auto'):
 @pytest.fixture
 def digit_files(tmp_path):
   """The same 7 dark-on-light (PNG and a larger JPEG) and light-on-dark, as MNIST stores it."""
-  paths = {name: str(tmp_path / name) for name in ('dark_on_light.png', 'light_on_dark.png',
-                                                   'photo.jpg')}
+  paths = {
+      name: str(tmp_path / name) for name in ('dark_on_light.png', 'light_on_dark.png', 'photo.jpg')
+  }
   draw_seven().save(paths['dark_on_light.png'])
   ImageOps.invert(draw_seven()).save(paths['light_on_dark.png'])
   draw_seven((300, 400)).convert('RGB').save(paths['photo.jpg'], quality=90)
@@ -139,7 +146,8 @@ def test_predict_prints_a_class_and_probability_per_file(export_dir, digit_files
   printed = json.loads(result.stdout)
   assert [p['class'] for p in printed] == [p['class'] for p in predictions]
   np.testing.assert_allclose([p['probabilities'] for p in printed],
-                             [p['probabilities'] for p in predictions], atol=1e-6)
+                             [p['probabilities'] for p in predictions],
+                             atol=1e-6)
 
 
 # ---- Bad input

@@ -7,17 +7,17 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from helpers import (
-  FASHION_MNIST,
-  SHORT_RUN,
-  as_arrays,
-  block_network,
-  error_line,
-  needs_fashion_mnist,
-  read_idx_file,
-  run_offline,
-  small_digits,
-  train_with_flags,
-  write_idx_dir,
+    FASHION_MNIST,
+    SHORT_RUN,
+    as_arrays,
+    block_network,
+    error_line,
+    needs_fashion_mnist,
+    read_idx_file,
+    run_offline,
+    small_digits,
+    train_with_flags,
+    write_idx_dir,
 )
 from trainer import data, prepare_data
 from trainer.errors import UserError
@@ -42,8 +42,12 @@ def test_tfds_finds_the_dataset_prepared_with_its_own_name_and_version(fashion_d
   builder = tfds.builder('fashion_mnist', data_dir=fashion_data_dir)
   assert builder.is_prepared()
   assert builder.data_dir.endswith('fashion_mnist/3.0.1')
-  assert {name: split.num_examples for name, split in builder.info.splits.items()} == {
-      'train': 60_000, 'test': 10_000}
+  assert {
+      name: split.num_examples for name, split in builder.info.splits.items()
+  } == {
+      'train': 60_000,
+      'test': 10_000
+  }
   assert builder.info.features['label'].names[0] == 'T-shirt/top'
 
 
@@ -51,8 +55,8 @@ def test_tfds_finds_the_dataset_prepared_with_its_own_name_and_version(fashion_d
 def test_training_reads_every_example_with_no_network(fashion_data_dir, monkeypatch):
   attempts = block_network(monkeypatch)
   splits = data.load_splits('fashion_mnist', fashion_data_dir, 0.2, download=False)
-  train_images, train_labels = (np.concatenate(parts) for parts in zip(
-      as_arrays(splits.train), as_arrays(splits.validation)))
+  train_images, train_labels = (
+      np.concatenate(parts) for parts in zip(as_arrays(splits.train), as_arrays(splits.validation)))
   test_images, test_labels = as_arrays(splits.test)
   assert (len(train_labels), len(test_labels)) == (60_000, 10_000)
   np.testing.assert_array_equal(np.bincount(train_labels), [6_000] * 10)
@@ -66,8 +70,7 @@ def test_training_reads_every_example_with_no_network(fashion_data_dir, monkeypa
 
 
 @needs_fashion_mnist
-def test_training_on_the_prepared_dataset_with_no_network(fashion_data_dir, tmp_path,
-                                                          monkeypatch):
+def test_training_on_the_prepared_dataset_with_no_network(fashion_data_dir, tmp_path, monkeypatch):
   attempts = block_network(monkeypatch)
   # --download stays on: a prepared dataset must never be fetched or looked up again.
   metrics = train_with_flags(*SHORT_RUN, '--dataset=fashion_mnist',
@@ -78,8 +81,7 @@ def test_training_on_the_prepared_dataset_with_no_network(fashion_data_dir, tmp_
 
 def test_the_command_builds_mnist_from_idx_files_offline(tmp_path):
   images, labels = small_digits(12)
-  idx_dir = write_idx_dir(tmp_path / 'idx', images, labels, *small_digits(6, seed=1),
-                          compress=True)
+  idx_dir = write_idx_dir(tmp_path / 'idx', images, labels, *small_digits(6, seed=1), compress=True)
   data_dir = tmp_path / 'tfds'
   result, _ = run_offline('trainer.prepare_data', '--dataset=mnist', f'--from_idx={idx_dir}',
                           f'--data_dir={data_dir}')
@@ -89,11 +91,10 @@ def test_the_command_builds_mnist_from_idx_files_offline(tmp_path):
       result.stdout
   assert tfds.builder('mnist', data_dir=str(data_dir)).is_prepared()
   splits = data.load_splits('mnist', str(data_dir), validation_split=0.25, download=False)
-  train_images, train_labels = (np.concatenate(parts) for parts in zip(
-      as_arrays(splits.train), as_arrays(splits.validation)))
+  train_images, train_labels = (
+      np.concatenate(parts) for parts in zip(as_arrays(splits.train), as_arrays(splits.validation)))
   assert len(train_labels) == 12 and data.num_examples(splits.test) == 6
-  for got, want in zip(per_class_sums(train_images, train_labels),
-                       per_class_sums(images, labels)):
+  for got, want in zip(per_class_sums(train_images, train_labels), per_class_sums(images, labels)):
     np.testing.assert_array_equal(got, want)
 
 
@@ -108,7 +109,7 @@ def test_a_prepared_dataset_is_kept_as_it_is(tmp_path):
 
 @pytest.mark.parametrize('dataset, expected', [
     ('cifar10', r"--from_idx builds datasets of 10 classes of 28x28 gray images .* but 'cifar10' "
-                r'has 10 classes of \(32, 32, 3\) images; drop --from_idx'),
+     r'has 10 classes of \(32, 32, 3\) images; drop --from_idx'),
     ('emnist', r"'emnist' has 62 classes"),
     ('no_such_dataset', r"--dataset='no_such_dataset' is not a tensorflow-datasets name"),
 ])
@@ -119,8 +120,7 @@ def test_from_idx_refuses_datasets_that_are_not_mnist_shaped(tmp_path, dataset, 
 
 
 def test_a_download_with_no_network_ends_in_one_line(tmp_path):
-  result, seconds = run_offline('trainer.prepare_data', '--dataset=mnist',
-                                f'--data_dir={tmp_path}')
+  result, seconds = run_offline('trainer.prepare_data', '--dataset=mnist', f'--data_dir={tmp_path}')
   line = error_line(result)
   assert "could not download 'mnist'" in line and '--from_idx=IDX_DIR' in line
   assert seconds < 60, seconds

@@ -12,8 +12,8 @@ from trainer.resize import INTERPOLATIONS, MatmulResize, interpolation_matrix
 PROJECT_INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')  # trainer.model's choices
 # (input height, width), (output height, width): MNIST to the smallest and the default
 # DenseNet sizes, the same size, non-square both ways, and a shrink.
-SIZES = [((28, 28), (32, 32)), ((28, 28), (64, 64)), ((32, 32), (32, 32)),
-         ((28, 20), (40, 64)), ((64, 48), (28, 20))]
+SIZES = [((28, 28), (32, 32)), ((28, 28), (64, 64)), ((32, 32), (32, 32)), ((28, 20), (40, 64)),
+         ((64, 48), (28, 20))]
 TOLERANCE = 1e-5  # float32 rounding of different summation orders; measured <= 4e-7
 
 
@@ -29,8 +29,10 @@ def test_matches_resizing_and_tf_image_resize(interpolation, in_size, out_size):
   assert resized.dtype == tf.float32 and resized.shape == (3, *out_size, 3)
   resizing = keras.layers.Resizing(*out_size, interpolation=interpolation)
   np.testing.assert_allclose(resized, resizing(images), rtol=0, atol=TOLERANCE)
-  np.testing.assert_allclose(resized, tf.image.resize(images, out_size, interpolation),
-                             rtol=0, atol=TOLERANCE)
+  np.testing.assert_allclose(resized,
+                             tf.image.resize(images, out_size, interpolation),
+                             rtol=0,
+                             atol=TOLERANCE)
 
 
 @pytest.mark.parametrize('interpolation', PROJECT_INTERPOLATIONS)
@@ -44,8 +46,10 @@ def test_any_batch_and_channel_count(shape):
   images = random_images(shape)
   resized = MatmulResize(64, 64, 'bicubic')(images)
   assert resized.shape == (*shape[:-3], 64, 64, shape[-1])
-  np.testing.assert_allclose(resized, tf.image.resize(images, (64, 64), 'bicubic'),
-                             rtol=0, atol=TOLERANCE)
+  np.testing.assert_allclose(resized,
+                             tf.image.resize(images, (64, 64), 'bicubic'),
+                             rtol=0,
+                             atol=TOLERANCE)
 
 
 @pytest.mark.parametrize('interpolation', PROJECT_INTERPOLATIONS)
@@ -53,8 +57,10 @@ def test_compiles_under_xla(interpolation):
   images = tf.constant(random_images((4, 28, 28, 1)))
   layer = MatmulResize(64, 64, interpolation)
   compiled = tf.function(layer, jit_compile=True)
-  np.testing.assert_allclose(compiled(images), tf.image.resize(images, (64, 64), interpolation),
-                             rtol=0, atol=TOLERANCE)
+  np.testing.assert_allclose(compiled(images),
+                             tf.image.resize(images, (64, 64), interpolation),
+                             rtol=0,
+                             atol=TOLERANCE)
 
 
 @pytest.mark.parametrize('interpolation, op', [('bicubic', 'ResizeBicubic'),

@@ -11,18 +11,23 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 # Epochs of 40 steps: the second lasts seconds, plenty of time to kill the run in it.
 # A frozen backbone and no export keep the two runs short; resuming works the same.
-FLAGS = ['--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
-         '--train_mode=transfer', '--epochs=2', '--steps_per_epoch=40', '--eval_steps=1',
-         '--noexport']
+FLAGS = [
+    '--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8',
+    '--train_mode=transfer', '--epochs=2', '--steps_per_epoch=40', '--eval_steps=1', '--noexport'
+]
 
 
 def start_trainer(run_dir, log_path):
   """`python -m trainer.main` in the background, its output in a file (a pipe nobody reads
   while we watch the run could fill up and stall it)."""
   with open(log_path, 'w') as log:
-    return subprocess.Popen([sys.executable, '-m', 'trainer.main', *FLAGS,
-                             f'--run_dir={run_dir}'], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    return subprocess.Popen([sys.executable, '-m', 'trainer.main', *FLAGS, f'--run_dir={run_dir}'],
+                            cwd=ROOT,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env={
+                                **os.environ, 'PYTHONUNBUFFERED': '1'
+                            })
 
 
 def history_epochs(run_dir):

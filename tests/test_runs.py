@@ -54,12 +54,14 @@ def test_a_run_dir_that_is_a_file_is_refused(tmp_path):
 
 def tiny_model():
   model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation='softmax')])
-  model.compile('adam', 'sparse_categorical_crossentropy',
+  model.compile('adam',
+                'sparse_categorical_crossentropy',
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
   return model
 
 
 class KillAtEpoch(keras.callbacks.Callback):
+
   def __init__(self, epoch):
     super().__init__()
     self.kill_epoch = epoch
@@ -74,8 +76,14 @@ def test_the_backed_up_epoch_is_what_backup_and_restore_resumes_after(tmp_path):
   assert runs.backed_up_epoch(run_dir, 'finetune') is None
   features, labels = np.zeros((8, 2)), np.zeros(8)
   with pytest.raises(KeyboardInterrupt):
-    tiny_model().fit(features, labels, epochs=5, verbose=0, callbacks=[
-        keras.callbacks.BackupAndRestore(runs.backup_dir(run_dir, 'finetune')), KillAtEpoch(2)])
+    tiny_model().fit(features,
+                     labels,
+                     epochs=5,
+                     verbose=0,
+                     callbacks=[
+                         keras.callbacks.BackupAndRestore(runs.backup_dir(run_dir, 'finetune')),
+                         KillAtEpoch(2)
+                     ])
   assert runs.backed_up_epoch(run_dir, 'finetune') == 1  # epochs 0 and 1 finished
 
 
@@ -105,13 +113,20 @@ def test_a_non_finite_loss_stops_training_naming_the_epoch_and_step(tmp_path):
   features, labels = np.zeros((8, 2)), np.zeros(8)
   features[5] = np.nan  # the third batch of two
   with pytest.raises(UserError, match='became nan at epoch 1, step 3.*lower --learning_rate'):
-    tiny_model().fit(features, labels, batch_size=2, epochs=2, verbose=0, shuffle=False,
+    tiny_model().fit(features,
+                     labels,
+                     batch_size=2,
+                     epochs=2,
+                     verbose=0,
+                     shuffle=False,
                      callbacks=[callbacks.StopOnBadEpoch()])
 
 
 def test_an_epoch_without_validation_ends_the_run(tmp_path):
   with pytest.raises(UserError, match='epoch 1 ended without validation metrics'):
-    tiny_model().fit(np.zeros((4, 2)), np.zeros(4), verbose=0,
+    tiny_model().fit(np.zeros((4, 2)),
+                     np.zeros(4),
+                     verbose=0,
                      callbacks=[callbacks.StopOnBadEpoch()])
 
 

@@ -25,16 +25,23 @@ def config(**fields):
 
 
 def test_each_mode_plans_its_stages():
-  assert plan_stages(config(train_mode='finetune', epochs=5, learning_rate=1e-3)) == [
-      Stage('finetune', 0, 5, True, 1e-3)]
-  assert plan_stages(config(train_mode='transfer', epochs=5, learning_rate=1e-3)) == [
-      Stage('transfer', 0, 5, False, 1e-3)]
-  assert plan_stages(config(train_mode='two_stage', epochs=5, frozen_epochs=2,
-                            learning_rate=1e-3, unfrozen_learning_rate=1e-4)) == [
-      Stage('frozen', 0, 2, False, 1e-3), Stage('unfrozen', 2, 5, True, 1e-4)]
+  assert plan_stages(config(train_mode='finetune', epochs=5,
+                            learning_rate=1e-3)) == [Stage('finetune', 0, 5, True, 1e-3)]
+  assert plan_stages(config(train_mode='transfer', epochs=5,
+                            learning_rate=1e-3)) == [Stage('transfer', 0, 5, False, 1e-3)]
+  assert plan_stages(
+      config(train_mode='two_stage',
+             epochs=5,
+             frozen_epochs=2,
+             learning_rate=1e-3,
+             unfrozen_learning_rate=1e-4)) == [
+                 Stage('frozen', 0, 2, False, 1e-3),
+                 Stage('unfrozen', 2, 5, True, 1e-4)
+             ]
 
 
 # ---- What each mode trains, seen from inside a run.
+
 
 class Snapshots(keras.callbacks.Callback):
   """Copies the backbone's and the head's weights before training and after every epoch."""
@@ -53,17 +60,25 @@ class Snapshots(keras.callbacks.Callback):
   def snapshot(self):
     backbone = backbone_of(self.model)
     # By name: a frozen layer lists its weights in another order.
-    return {'backbone': {w.name: w.numpy() for w in backbone.weights},
-            'trainable': {w.name for w in backbone.trainable_weights},
-            'head': self.model.get_layer('logits').kernel.numpy()}
+    return {
+        'backbone': {
+            w.name: w.numpy() for w in backbone.weights
+        },
+        'trainable': {w.name for w in backbone.trainable_weights},
+        'head': self.model.get_layer('logits').kernel.numpy()
+    }
 
 
 def stand_in_model(config, input_shape, num_classes):
   """A small model laid out like build_model's: a nested backbone with BatchNorm, then the head."""
   images = keras.Input(input_shape, dtype='uint8')
   x = keras.layers.Rescaling(1 / 255, name=BACKBONE_INPUT)(images)
-  backbone = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(),
-                               keras.layers.GlobalAveragePooling2D()], name=BACKBONE)
+  backbone = keras.Sequential([
+      keras.layers.Conv2D(4, 3),
+      keras.layers.BatchNormalization(),
+      keras.layers.GlobalAveragePooling2D()
+  ],
+                              name=BACKBONE)
   logits = keras.layers.Dense(num_classes, name='logits')(backbone(x))
   return keras.Model(images, keras.layers.Activation('softmax')(logits))
 
@@ -82,8 +97,10 @@ def assert_trained_as_planned(taken, run_dir, backbone_trains):
   assert len(taken) == 1 + len(backbone_trains)
   for before, after, trains in zip(taken, taken[1:], backbone_trains):
     assert not np.array_equal(before['head'], after['head'])
-    moved = {name for name, value in after['backbone'].items()
-             if not np.array_equal(value, before['backbone'][name])}
+    moved = {
+        name for name, value in after['backbone'].items()
+        if not np.array_equal(value, before['backbone'][name])
+    }
     if trains:
       # Every trainable weight took a step, and BatchNorm's statistics followed the data.
       assert after['trainable'] and after['trainable'] <= moved
@@ -97,11 +114,13 @@ def assert_trained_as_planned(taken, run_dir, backbone_trains):
   assert 'epoch_backbone_trainable' in event_tags(os.path.join(run_dir, 'logs', 'train'))
 
 
-@pytest.mark.parametrize('mode, epochs, backbone_trains', [
-    ('transfer', 1, [False]),
-    ('finetune', 1, [True]),
-    ('two_stage', 2, [False, True]),  # --frozen_epochs=1: frozen, then unfrozen
-])
+@pytest.mark.parametrize(
+    'mode, epochs, backbone_trains',
+    [
+        ('transfer', 1, [False]),
+        ('finetune', 1, [True]),
+        ('two_stage', 2, [False, True]),  # --frozen_epochs=1: frozen, then unfrozen
+    ])
 def test_a_mode_trains_what_it_says(mode, epochs, backbone_trains, tmp_path, monkeypatch,
                                     mock_mnist):
   # A stand-in backbone: the modes work the same on any nested model, in seconds.
@@ -123,8 +142,8 @@ def test_two_stage_switches_densenet121_from_frozen_to_training(tmp_path, monkey
 def test_two_stage_restores_a_best_epoch_from_the_frozen_stage(tmp_path, monkeypatch, mock_mnist):
   # As when unfreezing first costs accuracy: no epoch after the frozen stage beats its best.
   first_best = runs.best_validation_accuracy
-  monkeypatch.setattr(runs, 'best_validation_accuracy',
-                      lambda run_dir: None if first_best(run_dir) is None else math.inf)
+  monkeypatch.setattr(runs, 'best_validation_accuracy', lambda run_dir: None
+                      if first_best(run_dir) is None else math.inf)
   monkeypatch.setattr(train, 'build_model', stand_in_model)
   metrics = train_with_flags(*TINY_FLAGS, '--train_mode=two_stage', '--epochs=2',
                              '--frozen_epochs=1', '--weights=none', '--noexport',
@@ -139,6 +158,7 @@ def test_frozen_epochs_must_be_below_epochs(tmp_path):
 
 
 # ---- The learning rate: warmup, then cosine decay, peak scaled with the global batch.
+
 
 def test_the_rate_warms_up_to_a_batch_scaled_peak_then_decays_to_zero():
   run = config(batch_size=512, learning_rate=1e-3, warmup_epochs=1)
@@ -160,6 +180,7 @@ def test_the_second_stage_warms_up_again_to_its_own_rate():
 
 # ---- Label smoothing.
 
+
 def test_label_smoothing_spreads_the_target():
   y_pred = tf.constant([[0.7, 0.2, 0.1]])
   smoothed = train.SmoothedCrossentropy(3, label_smoothing=0.3)(tf.constant([0]), y_pred)
@@ -170,8 +191,10 @@ def test_label_smoothing_spreads_the_target():
 
 
 def test_the_flags_reach_the_compiled_model():
-  flags.FLAGS(['trainer.main', '--label_smoothing=0.1', '--train_mode=two_stage', '--epochs=3',
-               '--frozen_epochs=1', '--learning_rate=0.002', '--unfrozen_learning_rate=0.0002'])
+  flags.FLAGS([
+      'trainer.main', '--label_smoothing=0.1', '--train_mode=two_stage', '--epochs=3',
+      '--frozen_epochs=1', '--learning_rate=0.002', '--unfrozen_learning_rate=0.0002'
+  ])
   run = main.config_from_flags()
   frozen, unfrozen = plan_stages(run)
   # A stand-in with a sub-model named like the backbone: compiling needs no DenseNet121.
@@ -183,5 +206,4 @@ def test_the_flags_reach_the_compiled_model():
     assert model.loss.label_smoothing == 0.1
     assert backbone.trainable == stage.backbone_trainable
     schedule = model.optimizer.get_config()['learning_rate']['config']
-    assert math.isclose(schedule['warmup_target'],
-                        peak * run.batch_size / REFERENCE_BATCH_SIZE)
+    assert math.isclose(schedule['warmup_target'], peak * run.batch_size / REFERENCE_BATCH_SIZE)

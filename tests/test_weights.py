@@ -34,6 +34,7 @@ def models():
       built[adapter, head] = build_model(ModelConfig(image_size=32, adapter=adapter, head=head),
                                          (28, 28, 1), 10)
     return built[adapter, head]
+
   return model
 
 
@@ -53,9 +54,12 @@ def file_values(path):
   """{layer name: [arrays]} read straight from a Keras .h5 file, independently of Keras."""
   with h5py.File(path, 'r') as f:
     group = f['model_weights'] if 'model_weights' in f else f
-    return {_text(layer): [group[_text(layer)][_text(name)][()]
-                           for name in group[_text(layer)].attrs['weight_names']]
-            for layer in group.attrs['layer_names']}
+    return {
+        _text(layer): [
+            group[_text(layer)][_text(name)][()]
+            for name in group[_text(layer)].attrs['weight_names']
+        ] for layer in group.attrs['layer_names']
+    }
 
 
 def _text(name):
@@ -83,8 +87,10 @@ def test_the_file_values_land_in_the_backbone(models, adapter, head, file, reque
   path = request.getfixturevalue(file)
   model = models(adapter, head)
   keras.utils.set_random_seed(0)  # a fresh random start, so nothing passes by luck
-  backbone_of(model).set_weights([np.random.normal(size=w.shape).astype(w.dtype.as_numpy_dtype)
-                                  for w in backbone_of(model).weights])
+  backbone_of(model).set_weights([
+      np.random.normal(size=w.shape).astype(w.dtype.as_numpy_dtype)
+      for w in backbone_of(model).weights
+  ])
   before = outside_backbone(model)
   loaded = weights.load_into_backbone(backbone_of(model), weights.resolve(path))
   assert loaded == assert_backbone_holds(model, path) == 241  # DenseNet121's conv and BN layers
@@ -93,6 +99,7 @@ def test_the_file_values_land_in_the_backbone(models, adapter, head, file, reque
 
 
 # ---- --weights=imagenet: Keras's cache, verified by checksum; offline, a fast clear error.
+
 
 def test_imagenet_with_an_empty_cache_and_no_network_fails_fast(tmp_path, monkeypatch):
   monkeypatch.setenv('KERAS_HOME', str(tmp_path))
@@ -108,7 +115,7 @@ def test_imagenet_with_an_empty_cache_and_no_network_fails_fast(tmp_path, monkey
 
 
 def test_a_cached_file_with_the_wrong_checksum_is_not_trusted(tmp_path, monkeypatch,
-                                                             notop_weights_file):
+                                                              notop_weights_file):
   monkeypatch.setenv('KERAS_HOME', str(tmp_path))
   block_network(monkeypatch)
   os.makedirs(tmp_path / 'models')
@@ -118,7 +125,7 @@ def test_a_cached_file_with_the_wrong_checksum_is_not_trusted(tmp_path, monkeypa
 
 
 def test_a_cached_file_with_the_right_checksum_is_used_offline(tmp_path, monkeypatch,
-                                                              notop_weights_file, capsys):
+                                                               notop_weights_file, capsys):
   # The real file is 29 MB from the network; a test file stands in under its own checksum.
   monkeypatch.setattr(weights, 'NOTOP_MD5', weights.md5_of(notop_weights_file))
   monkeypatch.setenv('KERAS_HOME', str(tmp_path))
@@ -142,6 +149,7 @@ def test_fetch_weights_with_no_network_ends_in_one_line(tmp_path):
 
 # ---- Bad files: one clear error each, before any training.
 
+
 def _corrupt(path, good):
   with open(path, 'wb') as f:
     f.write(np.random.default_rng(0).bytes(4096))
@@ -155,8 +163,11 @@ def _truncated(path, good):
 
 
 def _other_architecture(path, good):
-  other = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name='dense_a'),
-                            keras.layers.Dense(2, name='dense_b')])
+  other = keras.Sequential([
+      keras.Input((8,)),
+      keras.layers.Dense(4, name='dense_a'),
+      keras.layers.Dense(2, name='dense_b')
+  ])
   other.save_weights(path)
 
 
@@ -190,17 +201,18 @@ BAD_FILES = [
     (_other_architecture, r'holds no weights for any DenseNet121 layer'),
     (_wrong_shape, r'does not fit DenseNet121 \(.*shape'),
     (_layers_missing, r'lacks weights for 1 of the 241 DenseNet121 layers '
-                      r'\(e.g. conv5_block16_2_conv\)'),
+     r'\(e.g. conv5_block16_2_conv\)'),
     (_not_keras, r'is an HDF5 file but not a Keras weights file'),
-    (_missing, r'no such file; give imagenet, none, the path of a .h5 file, or a finished run folder'),
+    (_missing,
+     r'no such file; give imagenet, none, the path of a .h5 file, or a finished run folder'),
 ]
 
 
-@pytest.mark.parametrize('damage, expected', BAD_FILES,
+@pytest.mark.parametrize('damage, expected',
+                         BAD_FILES,
                          ids=[damage.__name__.strip('_') for damage, _ in BAD_FILES])
-def test_bad_weight_files_are_refused_with_the_problem_and_fix(models, tmp_path,
-                                                               notop_weights_file, damage,
-                                                               expected):
+def test_bad_weight_files_are_refused_with_the_problem_and_fix(models, tmp_path, notop_weights_file,
+                                                               damage, expected):
   path = str(tmp_path / 'bad.h5')
   damage(path, notop_weights_file)
   with pytest.raises(UserError, match=expected):

@@ -21,8 +21,8 @@ from trainer.model import preprocessing_model
 NUM_LOGGED_IMAGES = 8
 
 
-def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str,
-                       backbone_trainable: bool, steps_per_epoch: int,
+def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backbone_trainable: bool,
+                       steps_per_epoch: int,
                        best_so_far: Optional[float]) -> List[keras.callbacks.Callback]:
   """`out_dir` is the run folder on the chief, a throwaway folder on other workers."""
   return [
@@ -30,13 +30,17 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str,
       # Before anything is written for an epoch that cannot be trusted.
       StopOnBadEpoch(),
       keras.callbacks.ModelCheckpoint(
-          runs.path(out_dir, runs.BEST_CHECKPOINT), monitor='val_accuracy', mode='max',
-          save_best_only=True, save_weights_only=True,
+          runs.path(out_dir, runs.BEST_CHECKPOINT),
+          monitor='val_accuracy',
+          mode='max',
+          save_best_only=True,
+          save_weights_only=True,
           # A resumed run must beat what it already saved, never overwrite a better checkpoint.
           # So the checkpoint comes before the history that this threshold is read from.
           initial_value_threshold=best_so_far),
       keras.callbacks.CSVLogger(runs.path(out_dir, runs.HISTORY_FILE), append=True),
-      keras.callbacks.TensorBoard(runs.log_dir(out_dir), update_freq='epoch',
+      keras.callbacks.TensorBoard(runs.log_dir(out_dir),
+                                  update_freq='epoch',
                                   profile_batch=config.profile_steps or 0),
       Throughput(runs.log_dir(out_dir), config.batch_size * steps_per_epoch),
       # Preemption: a restarted run resumes this stage after its last backed-up epoch. Last,
@@ -57,8 +61,8 @@ class EpochScalars(keras.callbacks.Callback):
     optimizer = self.model.optimizer
     schedule = optimizer.learning_rate
     # get_value, not float(): under a distribution strategy the rate is a MirroredVariable.
-    logs['learning_rate'] = float(keras.backend.get_value(
-        schedule(optimizer.iterations) if callable(schedule) else schedule))
+    logs['learning_rate'] = float(
+        keras.backend.get_value(schedule(optimizer.iterations) if callable(schedule) else schedule))
     logs['backbone_trainable'] = float(self.backbone_trainable)
 
 
@@ -110,11 +114,17 @@ class StopOnBadEpoch(keras.callbacks.Callback):
 def log_hparams(log_dir: str, config: TrainConfig, metrics: dict, precision: str,
                 replicas: int) -> None:
   """The run's settings and test metrics for the HParams dashboard, so runs compare side by side."""
-  settings = {**dataclasses.asdict(config), **dataclasses.asdict(config.model),
-              'precision': precision, 'replicas': replicas}
+  settings = {
+      **dataclasses.asdict(config),
+      **dataclasses.asdict(config.model), 'precision': precision,
+      'replicas': replicas
+  }
   # HParams takes only bool, int, float and str values; the paths say nothing about the result.
-  hparams = {name: value for name, value in settings.items()
-             if isinstance(value, (bool, int, float, str)) and name not in ('run_dir', 'data_dir')}
+  hparams = {
+      name: value
+      for name, value in settings.items()
+      if isinstance(value, (bool, int, float, str)) and name not in ('run_dir', 'data_dir')
+  }
   with tf.summary.create_file_writer(log_dir).as_default():
     hparams_api.hparams(hparams, trial_id=os.path.basename(os.path.normpath(config.run_dir)))
     for name, value in metrics.items():
@@ -129,5 +139,6 @@ def log_preprocessed_images(model: keras.Model, dataset: tf.data.Dataset, log_di
   low = tf.reduce_min(seen, axis=[1, 2, 3], keepdims=True)
   high = tf.reduce_max(seen, axis=[1, 2, 3], keepdims=True)
   with tf.summary.create_file_writer(os.path.join(log_dir, 'train')).as_default():
-    tf.summary.image('preprocessed_inputs', (seen - low) / (high - low + 1e-6), step=0,
+    tf.summary.image('preprocessed_inputs', (seen - low) / (high - low + 1e-6),
+                     step=0,
                      max_outputs=NUM_LOGGED_IMAGES)

@@ -29,11 +29,11 @@ from trainer.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-
 # ---- Flags from dataclass fields
 
 
-def define_flags(config_class: Type[Any], command: str,
+def define_flags(config_class: Type[Any],
+                 command: str,
                  names: Optional[Iterable[str]] = None) -> None:
   """Defines a flag for each field of `config_class` (nested dataclasses flattened), or for
   `names` only, as key flags of module `command` (its `--helpshort`). A flag defined
@@ -69,13 +69,20 @@ def _define(field, kind):
   elif kind is bool:
     flags.DEFINE_bool(field.name, default, meta['help'])
   elif kind is int:
-    flags.DEFINE_integer(field.name, default, meta['help'], lower_bound=meta['lower'],
+    flags.DEFINE_integer(field.name,
+                         default,
+                         meta['help'],
+                         lower_bound=meta['lower'],
                          upper_bound=meta['upper'])
   elif kind is float:
-    flags.DEFINE_float(field.name, default, meta['help'], lower_bound=meta['lower'],
+    flags.DEFINE_float(field.name,
+                       default,
+                       meta['help'],
+                       lower_bound=meta['lower'],
                        upper_bound=meta['upper'])
     # Bounds let NaN through (every comparison with it is false), and inf has no use.
-    flags.register_validator(field.name, math.isfinite,
+    flags.register_validator(field.name,
+                             math.isfinite,
                              message=f'--{field.name} must be a finite number')
   else:  # str and Optional[str]
     flags.DEFINE_string(field.name, default, meta['help'])
@@ -102,13 +109,16 @@ def required_flag(name: str) -> Any:
 # ---- Running a command
 
 
-def run(main: Callable[[list], None], *, takes_arguments: bool = False,
+def run(main: Callable[[list], None],
+        *,
+        takes_arguments: bool = False,
         on_interrupt: str = 'stopped') -> None:
   """Like absl's app.run, but flag errors, UserErrors, Ctrl-C and SIGTERM end in one line.
 
   `main` gets the positional arguments if `takes_arguments`; otherwise any is refused.
   `on_interrupt` says what a stopped command means to the user (e.g. how to resume).
   """
+
   def parse_flags(argv: List[str]) -> List[str]:
     try:
       return FLAGS(argv)

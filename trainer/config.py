@@ -17,33 +17,46 @@ MIN_IMAGE_SIZE = 32  # the smallest input keras.applications' DenseNet121 accept
 REFERENCE_BATCH_SIZE = 256
 
 
-def setting(default: Any, help_text: str, *, lower: Optional[float] = None,
-            upper: Optional[float] = None, choices: Optional[Tuple[str, ...]] = None) -> Any:
+def setting(default: Any,
+            help_text: str,
+            *,
+            lower: Optional[float] = None,
+            upper: Optional[float] = None,
+            choices: Optional[Tuple[str, ...]] = None) -> Any:
   """A dataclass field that is also a command-line flag; see cli.define_flags."""
-  return dataclasses.field(default=default, metadata={
-      'help': help_text, 'lower': lower, 'upper': upper, 'choices': choices})
+  return dataclasses.field(default=default,
+                           metadata={
+                               'help': help_text,
+                               'lower': lower,
+                               'upper': upper,
+                               'choices': choices
+                           })
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  image_size: int = setting(64, 'Side the images are resized to inside the model.',
+  image_size: int = setting(64,
+                            'Side the images are resized to inside the model.',
                             lower=MIN_IMAGE_SIZE)
   adapter: str = setting('rgb', 'rgb: copy gray to three channels; conv: a learned '
-                         'Conv2D(3)+BatchNorm+ReLU stem.', choices=ADAPTERS)
-  head: str = setting('gap', 'gap: global average pooling; flatten: as the article.',
-                      choices=HEADS)
+                         'Conv2D(3)+BatchNorm+ReLU stem.',
+                         choices=ADAPTERS)
+  head: str = setting('gap', 'gap: global average pooling; flatten: as the article.', choices=HEADS)
   dropout: float = setting(0.0, 'Dropout before the classifier.', lower=0.0, upper=0.9)
   # 0.9, not Keras's 0.99: at small budgets 0.99 left the statistics so far behind the
   # weights that evaluation sat near chance (benchmarks/RESULTS.md, recipe against script).
   batchnorm_momentum: float = setting(0.9, "Momentum of the backbone's BatchNorm moving "
                                       'statistics (Keras: 0.99); lower follows fast-moving '
-                                      'weights sooner.', lower=0.0, upper=0.999)
+                                      'weights sooner.',
+                                      lower=0.0,
+                                      upper=0.999)
   interpolation: str = setting('bicubic', 'Resize method.', choices=INTERPOLATIONS)
   augment: bool = setting(False, 'Random rotation, zoom and shift in training.')
   rotation_degrees: float = setting(10.0, 'Largest random rotation.', lower=0.0, upper=180.0)
-  zoom: float = setting(0.1, 'Largest random zoom in or out, as a fraction.', lower=0.0,
-                        upper=0.9)
-  translate: float = setting(0.1, 'Largest random shift, as a fraction of the side.', lower=0.0,
+  zoom: float = setting(0.1, 'Largest random zoom in or out, as a fraction.', lower=0.0, upper=0.9)
+  translate: float = setting(0.1,
+                             'Largest random shift, as a fraction of the side.',
+                             lower=0.0,
                              upper=0.9)
 
 
@@ -51,21 +64,27 @@ class ModelConfig:
 class TrainConfig:
   """Everything `python -m trainer.main` does; the flags of the same names set it."""
   # ---- Data
-  dataset: str = setting('mnist', 'A tensorflow-datasets image-classification name (mnist, '
-                         'fashion_mnist, cifar10, ...), idx:DIR for MNIST-format IDX files, or '
-                         'synthetic.')
-  data_dir: Optional[str] = setting(None, "tensorflow-datasets' data folder (default "
-                                    '~/tensorflow_datasets).')
+  dataset: str = setting(
+      'mnist', 'A tensorflow-datasets image-classification name (mnist, '
+      'fashion_mnist, cifar10, ...), idx:DIR for MNIST-format IDX files, or '
+      'synthetic.')
+  data_dir: Optional[str] = setting(
+      None, "tensorflow-datasets' data folder (default "
+      '~/tensorflow_datasets).')
   download: bool = setting(True, 'Download and prepare the dataset if --data_dir lacks it.')
   validation_split: float = setting(0.2, 'The last fraction of the train split held out for '
-                                    'validation.', lower=0.01, upper=0.5)
+                                    'validation.',
+                                    lower=0.01,
+                                    upper=0.5)
   # ---- Model
   model: ModelConfig = ModelConfig()
-  weights: str = setting('imagenet', 'Backbone start: imagenet, none, a .h5 file, or a finished '
-                         'run folder (its best checkpoint).')
+  weights: str = setting(
+      'imagenet', 'Backbone start: imagenet, none, a .h5 file, or a finished '
+      'run folder (its best checkpoint).')
   # ---- Training
   train_mode: str = setting('finetune', 'finetune: every layer trains; transfer: the backbone '
-                            'is frozen; two_stage: frozen, then fine-tuned.', choices=TRAIN_MODES)
+                            'is frozen; two_stage: frozen, then fine-tuned.',
+                            choices=TRAIN_MODES)
   epochs: int = setting(10, 'Epochs in all.', lower=1)
   frozen_epochs: int = setting(2, 'two_stage: epochs with the backbone frozen.', lower=1)
   batch_size: int = setting(128, 'Global batch size, split across replicas.', lower=1)
@@ -73,33 +92,41 @@ class TrainConfig:
                                  f'{REFERENCE_BATCH_SIZE}; scaled linearly with --batch_size.',
                                  lower=0.0)
   unfrozen_learning_rate: float = setting(1e-4, 'two_stage: the peak rate once the backbone is '
-                                          'unfrozen (same scaling).', lower=0.0)
+                                          'unfrozen (same scaling).',
+                                          lower=0.0)
   warmup_epochs: float = setting(1.0, 'Linear warmup before the cosine decay.', lower=0.0)
   label_smoothing: float = setting(0.0, 'Label smoothing of the loss.', lower=0.0, upper=0.5)
   steps_per_epoch: int = setting(0, 'Steps per epoch; 0 for a full pass.', lower=0)
   eval_steps: int = setting(0, 'Batches of validation and test data; 0 for all.', lower=0)
-  seed: int = setting(0, 'Seed of the shuffle, the augmentation, dropout and the new layers.',
+  seed: int = setting(0,
+                      'Seed of the shuffle, the augmentation, dropout and the new layers.',
                       lower=0)
-  deterministic: bool = setting(False, "TensorFlow's op determinism: the same flags on the same "
-                                'machine give the same history and metrics (slower).')
+  deterministic: bool = setting(
+      False, "TensorFlow's op determinism: the same flags on the same "
+      'machine give the same history and metrics (slower).')
   # ---- Outputs
-  run_dir: str = setting('', 'Run folder (default $AIP_MODEL_DIR, else '
-                                   'runs/<run_name>); an existing one is resumed.')
+  run_dir: str = setting(
+      '', 'Run folder (default $AIP_MODEL_DIR, else '
+      'runs/<run_name>); an existing one is resumed.')
   run_name: str = setting('', 'Name of the run folder under runs/ (default: the start time).')
   export: bool = setting(True, 'Export a SavedModel that takes raw images at the end.')
-  profile_steps: str = setting('', "Training steps to trace for TensorBoard's Profile tab: N, or "
-                               'FIRST,LAST (e.g. 10,12); each stage traces its own. Empty: none.')
+  profile_steps: str = setting(
+      '', "Training steps to trace for TensorBoard's Profile tab: N, or "
+      'FIRST,LAST (e.g. 10,12); each stage traces its own. Empty: none.')
   # ---- Hardware
   num_gpus: int = setting(0, 'GPUs per machine: 0 CPU, 1 one GPU, N MirroredStrategy.', lower=0)
   precision: str = setting('auto', 'auto: mixed_float16 on GPUs with tensor cores, else '
                            'float32.',
                            choices=PRECISIONS)
-  jit_compile: bool = setting(False, 'Compile the training step with XLA: faster on GPUs, a '
-                              'compile of minutes on CPUs.')
+  jit_compile: bool = setting(
+      False, 'Compile the training step with XLA: faster on GPUs, a '
+      'compile of minutes on CPUs.')
   steps_per_execution: int = setting(1, 'Training steps per call into the compiled step: fewer '
-                                     'host round trips on GPUs.', lower=1)
+                                     'host round trips on GPUs.',
+                                     lower=1)
   collective_timeout: int = setting(600, 'Multi-worker: seconds before a lost worker stops the '
-                                    'others with an error.', lower=1)
+                                    'others with an error.',
+                                    lower=1)
 
 
 # These may change between a run and its resumption without changing what it trains.

@@ -38,7 +38,9 @@ class Splits:
   info: DatasetInfo
 
 
-def load_splits(dataset: str, data_dir: Optional[str], validation_split: float,
+def load_splits(dataset: str,
+                data_dir: Optional[str],
+                validation_split: float,
                 download: bool = True) -> Splits:
   """Returns train, validation (the last `validation_split` of train) and test."""
   if dataset == SYNTHETIC:
@@ -46,8 +48,10 @@ def load_splits(dataset: str, data_dir: Optional[str], validation_split: float,
   if dataset.startswith(IDX_PREFIX):
     train, test = idx.load_idx_dir(dataset[len(IDX_PREFIX):])
     train_part, validation = _split_tail(train, validation_split)
-    return Splits(train_part, validation, test, DatasetInfo(
-        idx.IMAGE_SHAPE, idx.NUM_CLASSES, tuple(str(i) for i in range(idx.NUM_CLASSES))))
+    return Splits(
+        train_part, validation, test,
+        DatasetInfo(idx.IMAGE_SHAPE, idx.NUM_CLASSES,
+                    tuple(str(i) for i in range(idx.NUM_CLASSES))))
   return _tfds_splits(dataset, data_dir, validation_split, download)
 
 
@@ -71,9 +75,8 @@ def prepared_builder(name: str, data_dir: Optional[str],
   if builder.is_prepared():
     return builder
   if not download:
-    raise UserError(
-        f'dataset {name!r} is not prepared in --data_dir={builder.data_dir_root}; '
-        f'drop --nodownload to download it, or {_offline_fixes(name)}')
+    raise UserError(f'dataset {name!r} is not prepared in --data_dir={builder.data_dir_root}; '
+                    f'drop --nodownload to download it, or {_offline_fixes(name)}')
   download_and_prepare(builder)
   return builder
 
@@ -90,16 +93,17 @@ def tfds_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder
     return tfds.builder(name, data_dir=data_dir)
   # ValueError: a string tfds cannot parse as a name, e.g. a path.
   except (tfds.core.registered.DatasetNotFoundError, ValueError):
-    raise UserError(f'--dataset={name!r} is not a tensorflow-datasets name; see '
-                    f'https://www.tensorflow.org/datasets/catalog, or use idx:DIR or synthetic') from None
+    raise UserError(
+        f'--dataset={name!r} is not a tensorflow-datasets name; see '
+        f'https://www.tensorflow.org/datasets/catalog, or use idx:DIR or synthetic') from None
 
 
 def download_and_prepare(builder: tfds.core.DatasetBuilder) -> None:
   """Downloads from the dataset's source; never probes the prepared copies on GCS."""
   try:
     with _fail_fast_downloads():
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False))
   except (OSError, tfds.download.DownloadError) as e:
     raise UserError(
         f'could not download {builder.name!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
@@ -151,19 +155,24 @@ def _split_tail(ds, validation_split):
 def _synthetic_splits(validation_split):
   train, validation = _split_tail(synthetic_dataset(SYNTHETIC_SIZES['train'], seed=0),
                                   validation_split)
-  return Splits(train, validation, synthetic_dataset(SYNTHETIC_SIZES['test'], seed=1),
-                DatasetInfo(SYNTHETIC_SHAPE, SYNTHETIC_CLASSES,
-                            tuple(str(i) for i in range(SYNTHETIC_CLASSES))))
+  return Splits(
+      train, validation, synthetic_dataset(SYNTHETIC_SIZES['test'], seed=1),
+      DatasetInfo(SYNTHETIC_SHAPE, SYNTHETIC_CLASSES,
+                  tuple(str(i) for i in range(SYNTHETIC_CLASSES))))
 
 
-def synthetic_dataset(size: int, seed: int, image_shape: Tuple[int, int, int] = SYNTHETIC_SHAPE,
+def synthetic_dataset(size: int,
+                      seed: int,
+                      image_shape: Tuple[int, int, int] = SYNTHETIC_SHAPE,
                       num_classes: int = SYNTHETIC_CLASSES) -> tf.data.Dataset:
   """Random uint8 images and labels, each a pure function of its index: no I/O, same every epoch."""
+
   def example(i: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     image_seed = tf.stack([tf.cast(i, tf.int32), seed])
     image = tf.random.stateless_uniform(image_shape, image_seed, maxval=256, dtype=tf.int32)
     label = tf.random.stateless_uniform([], image_seed + 1, maxval=num_classes, dtype=tf.int64)
     return tf.cast(image, tf.uint8), label
+
   return tf.data.Dataset.range(size).map(example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -186,7 +195,10 @@ def in_memory(ds: tf.data.Dataset) -> Tuple[tf.Tensor, tf.Tensor]:
   return tf.data.Dataset.get_single_element(ds.batch(num_examples(ds)))
 
 
-def training_batches(ds: tf.data.Dataset, batch_size: int, *, seed: int = 0,
+def training_batches(ds: tf.data.Dataset,
+                     batch_size: int,
+                     *,
+                     seed: int = 0,
                      first_step: int = 0) -> tf.data.Dataset:
   """Shuffled full batches, forever, starting at batch `first_step`.
 
@@ -199,7 +211,8 @@ def training_batches(ds: tf.data.Dataset, batch_size: int, *, seed: int = 0,
 
   def example(n: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     position = tf.random.experimental.index_shuffle(
-        n % size, tf.stack([tf.constant(seed, tf.int64), n // size]), tf.constant(size - 1, tf.int64))
+        n % size, tf.stack([tf.constant(seed, tf.int64), n // size]),
+        tf.constant(size - 1, tf.int64))
     return tf.gather(images, position), tf.gather(labels, position)
 
   stream = tf.data.Dataset.range(first_step * batch_size, tf.int64.max)
@@ -207,7 +220,8 @@ def training_batches(ds: tf.data.Dataset, batch_size: int, *, seed: int = 0,
   return _distributable(stream.batch(batch_size, drop_remainder=True))
 
 
-def evaluation_batches(ds: tf.data.Dataset, batch_size: int,
+def evaluation_batches(ds: tf.data.Dataset,
+                       batch_size: int,
                        max_batches: int = 0) -> tf.data.Dataset:
   """`ds` in order, in batches (the last one partial); only the first `max_batches` if set.
 

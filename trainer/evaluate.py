@@ -70,7 +70,8 @@ class Evaluation:
 def evaluate_run(run_dir: str) -> Evaluation:
   """Evaluates, prints the report and writes it to TensorBoard."""
   config = runs.load_config(run_dir)
-  model = runs.load_best_model(run_dir)  # first: a run without a checkpoint fails before loading data
+  model = runs.load_best_model(
+      run_dir)  # first: a run without a checkpoint fails before loading data
   splits = data.load_splits(config.dataset, config.data_dir, config.validation_split,
                             config.download)
   test_batches = data.evaluation_batches(splits.test, config.batch_size)
@@ -95,8 +96,9 @@ def evaluate(model: keras.Model, test_batches: tf.data.Dataset, num_classes: int
     total_loss += float(np.sum(keras.losses.sparse_categorical_crossentropy(labels, probabilities)))
     np.add.at(confusion, (labels, predicted), 1)
     for i in np.flatnonzero(predicted != labels)[:MAX_MISCLASSIFIED - len(mistakes)]:
-      mistakes.append(Mistake(images[i].numpy(), int(labels[i]), int(predicted[i]),
-                              float(probabilities[i, predicted[i]])))
+      mistakes.append(
+          Mistake(images[i].numpy(), int(labels[i]), int(predicted[i]),
+                  float(probabilities[i, predicted[i]])))
   if not confusion.sum():
     raise UserError('the test split is empty; check the run\'s --dataset')
   return Evaluation(total_loss / confusion.sum(), confusion, mistakes)
@@ -108,9 +110,8 @@ def evaluate(model: keras.Model, test_batches: tf.data.Dataset, num_classes: int
 def format_report(evaluation: Evaluation, class_names: Sequence[str]) -> str:
   labels = [_class_label(i, name) for i, name in enumerate(class_names)]
   per_class = [[label, count, correct, '-' if np.isnan(accuracy) else f'{accuracy:.4f}']
-               for label, count, correct, accuracy in zip(
-                   labels, evaluation.confusion.sum(axis=1), np.diag(evaluation.confusion),
-                   evaluation.per_class_accuracy)]
+               for label, count, correct, accuracy in zip(labels, evaluation.confusion.sum(
+                   axis=1), np.diag(evaluation.confusion), evaluation.per_class_accuracy)]
   confusion = [[label, *row] for label, row in zip(labels, evaluation.confusion)]
   return '\n'.join([
       f'Test loss    : {evaluation.loss:.5f}',
@@ -133,9 +134,10 @@ def _table(header, rows) -> str:
   """Left-aligned first column, right-aligned numbers, columns two spaces apart."""
   cells = [[str(cell) for cell in row] for row in [header, *rows]]
   widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
-  return '\n'.join(
-      '  '.join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
-      for row in cells)
+  return '\n'.join('  '.join([row[0].ljust(widths[0])] +
+                             [cell.rjust(w)
+                              for cell, w in zip(row[1:], widths[1:])])
+                   for row in cells)
 
 
 # ---- TensorBoard
@@ -177,8 +179,10 @@ def confusion_matrix_image(confusion: np.ndarray) -> np.ndarray:
 
 def _centred_text(draw, corner, text, font, color):
   left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-  draw.text((corner[0] + (CELL - right - left) / 2, corner[1] + (CELL - bottom - top) / 2), text,
-            font=font, fill=color)
+  draw.text((corner[0] + (CELL - right - left) / 2, corner[1] + (CELL - bottom - top) / 2),
+            text,
+            font=font,
+            fill=color)
 
 
 def misclassified_grid(mistakes: List[Mistake]) -> np.ndarray:
@@ -192,13 +196,16 @@ def misclassified_grid(mistakes: List[Mistake]) -> np.ndarray:
   for n, mistake in enumerate(mistakes):
     left, top = (n % GRID_COLUMNS) * step_x, (n // GRID_COLUMNS) * step_y
     pixels = mistake.image[..., 0] if mistake.image.shape[-1] == 1 else mistake.image
-    tile = Image.fromarray(pixels).convert('RGB').resize(
-        (width * TILE_SCALE, height * TILE_SCALE), Image.Resampling.NEAREST)
+    tile = Image.fromarray(pixels).convert('RGB').resize((width * TILE_SCALE, height * TILE_SCALE),
+                                                         Image.Resampling.NEAREST)
     grid.paste(tile, (left, top))
     caption = (f'true {mistake.true_class}\n'
                f'pred {mistake.predicted_class} ({mistake.probability:.2f})')
-    draw.multiline_text((left + 2, top + height * TILE_SCALE + 1), caption, font=font,
-                        fill='black', spacing=2)
+    draw.multiline_text((left + 2, top + height * TILE_SCALE + 1),
+                        caption,
+                        font=font,
+                        fill='black',
+                        spacing=2)
   return np.asarray(grid)
 
 

@@ -49,11 +49,15 @@ def export_model(model: keras.Model, out_dir: str) -> str:
 def serving_signature(model: keras.Model) -> tf.types.experimental.PolymorphicFunction:
   """uint8 images at the stored shape in; class probabilities and the predicted class out."""
   image_shape = model.input_shape[1:]  # the model takes the images as the dataset stores them
+
   @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.uint8, name='images')])
   def serve(images: tf.Tensor) -> Dict[str, tf.Tensor]:
     probabilities = model(images, training=False)
-    return {'probabilities': probabilities,
-            'classes': tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+    return {
+        'probabilities': probabilities,
+        'classes': tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    }
+
   return serve
 
 

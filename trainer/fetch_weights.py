@@ -16,8 +16,9 @@ from absl import flags
 
 from trainer import weights
 
-flags.DEFINE_string('cache_dir', None, 'Folder to put the weights file in (default: Keras\'s '
-                    'cache, $KERAS_HOME/models or ~/.keras/models).')
+flags.DEFINE_string(
+    'cache_dir', None, 'Folder to put the weights file in (default: Keras\'s '
+    'cache, $KERAS_HOME/models or ~/.keras/models).')
 
 FLAGS = flags.FLAGS
 

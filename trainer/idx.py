@@ -47,8 +47,8 @@ def load_idx_split(directory: str, prefix: str) -> tf.data.Dataset:
   labels = _records(labels_path, header_bytes=8, record_bytes=1).batch(DECODE_CHUNK)
   images = images.map(lambda r: tf.reshape(tf.io.decode_raw(r, tf.uint8), (-1, *IMAGE_SHAPE)))
   labels = labels.map(lambda r: tf.cast(tf.io.decode_raw(r, tf.uint8)[:, 0], tf.int64))
-  return tf.data.Dataset.zip((images, labels)).unbatch().apply(
-      tf.data.experimental.assert_cardinality(num_images))
+  return tf.data.Dataset.zip(
+      (images, labels)).unbatch().apply(tf.data.experimental.assert_cardinality(num_images))
 
 
 def _check_labels(path):
@@ -120,6 +120,7 @@ def _damaged_gzip(path):
 
 
 def _records(path, header_bytes, record_bytes):
-  return tf.data.FixedLengthRecordDataset(
-      path, record_bytes, header_bytes=header_bytes,
-      compression_type='GZIP' if _is_gzip(path) else '')
+  return tf.data.FixedLengthRecordDataset(path,
+                                          record_bytes,
+                                          header_bytes=header_bytes,
+                                          compression_type='GZIP' if _is_gzip(path) else '')

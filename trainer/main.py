@@ -27,7 +27,7 @@ flags.register_multi_flags_validator(
     ['train_mode', 'frozen_epochs', 'epochs'],
     lambda f: f['train_mode'] != 'two_stage' or f['frozen_epochs'] < f['epochs'],
     message='--frozen_epochs must be below --epochs for --train_mode=two_stage; '
-            'lower --frozen_epochs or raise --epochs')
+    'lower --frozen_epochs or raise --epochs')
 
 
 def _is_step_range(text):
@@ -40,14 +40,16 @@ def _is_step_range(text):
   return 1 <= int(steps[0]) <= int(steps[-1])
 
 
-flags.register_validator('profile_steps', _is_step_range,
+flags.register_validator('profile_steps',
+                         _is_step_range,
                          message='--profile_steps must be N or FIRST,LAST with 1 <= FIRST <= LAST '
-                                 '(e.g. 10,12), or empty for no profile')
+                         '(e.g. 10,12), or empty for no profile')
 
 
 def config_from_flags() -> TrainConfig:
   config = cli.config_from_flags(TrainConfig)
-  return dataclasses.replace(config, run_dir=config.run_dir or runs.default_run_dir(config.run_name))
+  return dataclasses.replace(config,
+                             run_dir=config.run_dir or runs.default_run_dir(config.run_name))
 
 
 def resolved_flags_text() -> str:

@@ -29,11 +29,15 @@ def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
     x = augmentation(config)(x)
   # Two matrix products, not tf.image.resize: the same values, and XLA compiles them
   # (it has no ResizeBicubic kernel).
-  x = MatmulResize(config.image_size, config.image_size, config.interpolation, dtype='float32',
+  x = MatmulResize(config.image_size,
+                   config.image_size,
+                   config.interpolation,
+                   dtype='float32',
                    name='resize')(x)
   x = _adapter(x, config.adapter, channels=input_shape[-1])
-  backbone = keras.applications.DenseNet121(
-      include_top=False, weights=None, input_shape=(config.image_size, config.image_size, 3))
+  backbone = keras.applications.DenseNet121(include_top=False,
+                                            weights=None,
+                                            input_shape=(config.image_size, config.image_size, 3))
   # Read at every training step, so setting it after the build takes effect.
   for layer in backbone.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
@@ -58,7 +62,8 @@ def augmentation(config: ModelConfig) -> keras.Sequential:
       keras.layers.RandomRotation(config.rotation_degrees / 360, **fill),
       keras.layers.RandomZoom((-config.zoom, config.zoom), **fill),
       keras.layers.RandomTranslation(config.translate, config.translate, **fill),
-  ], name='augment')
+  ],
+                          name='augment')
 
 
 def _adapter(x, adapter, channels):
@@ -68,9 +73,10 @@ def _adapter(x, adapter, channels):
     # through, then ImageNet's mean and std: the statistics the weights were trained on.
     if channels == 1:
       x = keras.layers.Concatenate(name='gray_to_rgb', dtype='float32')([x, x, x])
-    return keras.layers.Normalization(
-        mean=IMAGENET_MEAN, variance=[s * s for s in IMAGENET_STD], dtype='float32',
-        name=BACKBONE_INPUT)(x)
+    return keras.layers.Normalization(mean=IMAGENET_MEAN,
+                                      variance=[s * s for s in IMAGENET_STD],
+                                      dtype='float32',
+                                      name=BACKBONE_INPUT)(x)
   if adapter == 'conv':
     # A learned stem (the article's second method): C channels in, 3 out.
     x = keras.layers.Conv2D(3, 3, padding='same', name='stem_conv')(x)

@@ -100,7 +100,8 @@ def _to_8_bits(image: Image.Image) -> Image.Image:
   return eight_bits
 
 
-def to_model_input(image: Image.Image, image_shape: Tuple[int, int, int],
+def to_model_input(image: Image.Image,
+                   image_shape: Tuple[int, int, int],
                    invert: str = 'auto') -> np.ndarray:
   """`image` as the dataset stores its images: uint8 (H, W, C), the model's input."""
   height, width, channels = image_shape
@@ -112,7 +113,8 @@ def to_model_input(image: Image.Image, image_shape: Tuple[int, int, int],
     # paper is seldom black once inverted, nor its ink white. (1%: ignore speckles.)
     image = ImageOps.autocontrast(image, cutoff=1)
   # Scale to fit and pad, rather than stretch: a digit keeps its proportions.
-  image = ImageOps.pad(image, (width, height), method=Image.Resampling.BICUBIC,
+  image = ImageOps.pad(image, (width, height),
+                       method=Image.Resampling.BICUBIC,
                        color=_border_color(image))
   return np.asarray(image, np.uint8).reshape(height, width, channels)
 
@@ -160,8 +162,10 @@ def _border_color(image: Image.Image):
 def predict(signature: tf.types.experimental.ConcreteFunction,
             images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   """(probabilities, classes) for a stack of model inputs, in batches."""
-  outputs = [signature(images=tf.constant(images[start:start + BATCH_SIZE]))
-             for start in range(0, len(images), BATCH_SIZE)]
+  outputs = [
+      signature(images=tf.constant(images[start:start + BATCH_SIZE]))
+      for start in range(0, len(images), BATCH_SIZE)
+  ]
   return (np.concatenate([o['probabilities'].numpy() for o in outputs]),
           np.concatenate([o['classes'].numpy() for o in outputs]))
 
@@ -176,14 +180,17 @@ def predict_files(model_dir: str, paths: Sequence[str], invert: str = 'auto') ->
   signature, image_shape = load_signature(model_dir)
   inputs = np.stack([to_model_input(image, image_shape, invert) for image in images])
   probabilities, classes = predict(signature, inputs)
-  return [{'file': path, 'class': int(c), 'probability': float(p[c]),
-           'probabilities': [float(v) for v in p]}
-          for path, c, p in zip(paths, classes, probabilities)]
+  return [{
+      'file': path,
+      'class': int(c),
+      'probability': float(p[c]),
+      'probabilities': [float(v) for v in p]
+  } for path, c, p in zip(paths, classes, probabilities)]
 
 
 def format_predictions(predictions: List[dict]) -> str:
-  return '\n'.join(f'{p["file"]}: {p["class"]} (probability {p["probability"]:.3f})'
-                   for p in predictions)
+  return '\n'.join(
+      f'{p["file"]}: {p["class"]} (probability {p["probability"]:.3f})' for p in predictions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +199,11 @@ class PredictConfig:
   model: Optional[str] = setting(None, 'The exported SavedModel folder, e.g. runs/NAME/export.')
   invert: str = setting('auto', 'Invert to light-on-dark as MNIST stores digits: auto does so '
                         'for a gray model when the border is brighter than the centre (dark ink '
-                        'on paper).', choices=INVERT_CHOICES)
-  json: bool = setting(False, 'Print a JSON list of {file, class, probability, probabilities} '
-                       'instead of one line per file.')
+                        'on paper).',
+                        choices=INVERT_CHOICES)
+  json: bool = setting(
+      False, 'Print a JSON list of {file, class, probability, probabilities} '
+      'instead of one line per file.')
 
 
 cli.define_flags(PredictConfig, __name__)

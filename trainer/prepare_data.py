@@ -26,15 +26,18 @@ from trainer.errors import UserError
 
 # Training's own flags, so both commands read them the same way.
 cli.define_flags(TrainConfig, __name__, names=['dataset', 'data_dir', 'download'])
-flags.DEFINE_string('from_idx', None, 'Build the dataset from the MNIST-format IDX files in this '
-                    'folder (train-images-idx3-ubyte[.gz] and the three others) instead of '
-                    'downloading it.')
+flags.DEFINE_string(
+    'from_idx', None, 'Build the dataset from the MNIST-format IDX files in this '
+    'folder (train-images-idx3-ubyte[.gz] and the three others) instead of '
+    'downloading it.')
 
 FLAGS = flags.FLAGS
 PNG_BATCH = 1000  # images PNG-encoded per tf.data step
 
 
-def prepare(name: str, data_dir: Optional[str], from_idx: Optional[str] = None,
+def prepare(name: str,
+            data_dir: Optional[str],
+            from_idx: Optional[str] = None,
             download: bool = True) -> str:
   """Prepares dataset `name` in `data_dir` (downloaded, or built from IDX files); returns its folder."""
   if from_idx:
@@ -51,9 +54,16 @@ def build_from_idx(registered: tfds.core.DatasetBuilder, idx_dir: str) -> None:
   train, test = idx.load_idx_dir(idx_dir)
   info = registered.info
   tfds.dataset_builders.store_as_tfds_dataset(
-      name=registered.name, version=registered.version, features=info.features,
-      split_datasets={'train': _keyed_examples(train), 'test': _keyed_examples(test)},
-      data_dir=registered.data_dir_root, description=info.description, homepage=info.homepage,
+      name=registered.name,
+      version=registered.version,
+      features=info.features,
+      split_datasets={
+          'train': _keyed_examples(train),
+          'test': _keyed_examples(test)
+      },
+      data_dir=registered.data_dir_root,
+      description=info.description,
+      homepage=info.homepage,
       citation=info.citation,
       # Never fetch a prepared copy from GCS: the point is to use the local files.
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
@@ -77,8 +87,8 @@ def _keyed_examples(ds):
   """
   encoded = ds.map(lambda image, label: (tf.io.encode_png(image), label),
                    num_parallel_calls=tf.data.AUTOTUNE).batch(PNG_BATCH)
-  examples = (example for pngs, labels in encoded.as_numpy_iterator()
-              for example in zip(pngs, labels))
+  examples = (
+      example for pngs, labels in encoded.as_numpy_iterator() for example in zip(pngs, labels))
   for key, (png, label) in enumerate(examples):
     yield key, {'image': png, 'label': label}
 

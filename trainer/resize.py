@@ -28,8 +28,8 @@ import tensorflow as tf
 from trainer.keras_lib import keras
 
 # tf.image.ResizeMethod's values: all linear without antialiasing.
-INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area', 'lanczos3', 'lanczos5',
-                  'gaussian', 'mitchellcubic')
+INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area', 'lanczos3', 'lanczos5', 'gaussian',
+                  'mitchellcubic')
 
 
 def interpolation_matrix(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
@@ -52,7 +52,10 @@ class MatmulResize(keras.layers.Layer):
   with any number of channels, and returns them resized in the layer's compute dtype.
   """
 
-  def __init__(self, height: int, width: int, interpolation: str = 'bilinear',
+  def __init__(self,
+               height: int,
+               width: int,
+               interpolation: str = 'bilinear',
                **kwargs: Any) -> None:
     super().__init__(**kwargs)
     if interpolation not in INTERPOLATIONS:
@@ -85,5 +88,8 @@ class MatmulResize(keras.layers.Layer):
     return tf.TensorShape(shape)
 
   def get_config(self):
-    return {**super().get_config(), 'height': self.height, 'width': self.width,
-            'interpolation': self.interpolation}
+    return {
+        **super().get_config(), 'height': self.height,
+        'width': self.width,
+        'interpolation': self.interpolation
+    }

@@ -104,8 +104,10 @@ def check_resumable(config: TrainConfig) -> None:
 
 def _changed_fields(old: TrainConfig, new: TrainConfig):
   old_fields, new_fields = dataclasses.asdict(old), dataclasses.asdict(new)
-  return [k for k in new_fields
-          if k not in config_lib.RESUMABLE_CHANGES and old_fields.get(k) != new_fields[k]]
+  return [
+      k for k in new_fields
+      if k not in config_lib.RESUMABLE_CHANGES and old_fields.get(k) != new_fields[k]
+  ]
 
 
 @contextlib.contextmanager
@@ -244,8 +246,7 @@ def read_metrics(run_dir: str) -> Optional[Dict[str, float]]:
 
 def best_validation_accuracy(run_dir: str) -> Optional[float]:
   """The best val_accuracy in the run's history so far, or None for a new run."""
-  values = [float(row['val_accuracy']) for row in _history_rows(run_dir)
-            if row.get('val_accuracy')]
+  values = [float(row['val_accuracy']) for row in _history_rows(run_dir) if row.get('val_accuracy')]
   return max(values, default=None)
 
 
@@ -320,6 +321,7 @@ def restore(model: keras.Model, checkpoint: str) -> None:
   # IndexError: the checkpoint reader's "Read less bytes than requested" for a short file.
   except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
     reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    raise UserError(f'{checkpoint} does not load into the model its run folder describes '
-                    f'({reason}): the checkpoint files are damaged, or config.json/dataset.json '
-                    'no longer match them; restore the folder from a copy, or train again') from None
+    raise UserError(
+        f'{checkpoint} does not load into the model its run folder describes '
+        f'({reason}): the checkpoint files are damaged, or config.json/dataset.json '
+        'no longer match them; restore the folder from a copy, or train again') from None

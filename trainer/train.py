@@ -37,9 +37,10 @@ def plan_stages(config: TrainConfig) -> List[Stage]:
     return [Stage('finetune', 0, config.epochs, True, config.learning_rate)]
   if config.train_mode == 'transfer':
     return [Stage('transfer', 0, config.epochs, False, config.learning_rate)]
-  return [Stage('frozen', 0, config.frozen_epochs, False, config.learning_rate),
-          Stage('unfrozen', config.frozen_epochs, config.epochs, True,
-                config.unfrozen_learning_rate)]
+  return [
+      Stage('frozen', 0, config.frozen_epochs, False, config.learning_rate),
+      Stage('unfrozen', config.frozen_epochs, config.epochs, True, config.unfrozen_learning_rate)
+  ]
 
 
 def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.distribute.Strategy,
@@ -53,7 +54,8 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
   steps = config.steps_per_epoch or data.steps_per_epoch(splits.train, config.batch_size)
   validation = data.evaluation_batches(splits.validation, config.batch_size, config.eval_steps)
   logging.info('%d replica(s), global batch %d, precision %s', strategy.num_replicas_in_sync,
-               config.batch_size, keras.mixed_precision.global_policy().name)
+               config.batch_size,
+               keras.mixed_precision.global_policy().name)
 
   with strategy.scope():
     model = build_model(config.model, splits.info.image_shape, splits.info.num_classes)
@@ -74,13 +76,15 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
     runs.restore(model, runs.path(config.run_dir, runs.BEST_CHECKPOINT))
     test = data.evaluation_batches(splits.test, config.batch_size, config.eval_steps)
     results = model.evaluate(test, return_dict=True, verbose=0)
-    metrics = {'test_loss': results['crossentropy'], 'test_accuracy': results['accuracy'],
-               'test_objective': results['loss']}
+    metrics = {
+        'test_loss': results['crossentropy'],
+        'test_accuracy': results['accuracy'],
+        'test_objective': results['loss']
+    }
     print(f'Test loss : {metrics["test_loss"]:.5f}')
     print(f'Test accuracy: {metrics["test_accuracy"]:.4f}')
     callbacks.log_hparams(runs.log_dir(out), config, metrics,
-                          keras.mixed_precision.global_policy().name,
-                          strategy.num_replicas_in_sync)
+                          keras.mixed_precision.global_policy().name, strategy.num_replicas_in_sync)
     if config.export:
       export.export_model(model, out)
     runs.write_metrics(out, metrics)
@@ -106,15 +110,20 @@ def train_stage(model: keras.Model, stage: Stage, config: TrainConfig, splits: d
     compile_for_stage(model, stage, config, steps, splits.info.num_classes)
   logging.info('Stage %s: epochs %d-%d, backbone %s', stage.name, first_epoch + 1, stage.epochs,
                'training' if stage.backbone_trainable else 'frozen')
-  model.fit(data.training_batches(splits.train, config.batch_size, seed=config.seed,
-                                  first_step=first_epoch * steps),
-            epochs=stage.epochs, initial_epoch=stage.initial_epoch, steps_per_epoch=steps,
-            validation_data=validation, validation_steps=data.num_examples(validation),
-            # A progress bar on a terminal; in a log file, one line per epoch.
-            verbose=1 if sys.stdout.isatty() else 2,
-            callbacks=callbacks.training_callbacks(
-                config, out, stage.name, stage.backbone_trainable, steps,
-                runs.best_validation_accuracy(config.run_dir)))
+  model.fit(
+      data.training_batches(splits.train,
+                            config.batch_size,
+                            seed=config.seed,
+                            first_step=first_epoch * steps),
+      epochs=stage.epochs,
+      initial_epoch=stage.initial_epoch,
+      steps_per_epoch=steps,
+      validation_data=validation,
+      validation_steps=data.num_examples(validation),
+      # A progress bar on a terminal; in a log file, one line per epoch.
+      verbose=1 if sys.stdout.isatty() else 2,
+      callbacks=callbacks.training_callbacks(config, out, stage.name, stage.backbone_trainable,
+                                             steps, runs.best_validation_accuracy(config.run_dir)))
   # BackupAndRestore forgets a stage once it ends, so a finished stage leaves its
   # weights behind for a resumed run to start the next one from (or, after the
   # last stage, to go straight to the test instead of training again).
@@ -127,12 +136,15 @@ def train_stage(model: keras.Model, stage: Stage, config: TrainConfig, splits: d
 def compile_for_stage(model: keras.Model, stage: Stage, config: TrainConfig, steps_per_epoch: int,
                       num_classes: int) -> None:
   set_backbone_trainable(model, stage.backbone_trainable)
-  model.compile(
-      optimizer=keras.optimizers.Adam(learning_rate_schedule(stage, config, steps_per_epoch)),
-      loss=SmoothedCrossentropy(num_classes, config.label_smoothing),
-      metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy'),
-               keras.metrics.SparseCategoricalCrossentropy(name='crossentropy')],
-      jit_compile=config.jit_compile, steps_per_execution=config.steps_per_execution)
+  model.compile(optimizer=keras.optimizers.Adam(
+      learning_rate_schedule(stage, config, steps_per_epoch)),
+                loss=SmoothedCrossentropy(num_classes, config.label_smoothing),
+                metrics=[
+                    keras.metrics.SparseCategoricalAccuracy(name='accuracy'),
+                    keras.metrics.SparseCategoricalCrossentropy(name='crossentropy')
+                ],
+                jit_compile=config.jit_compile,
+                steps_per_execution=config.steps_per_execution)
 
 
 def learning_rate_schedule(stage: Stage, config: TrainConfig,
@@ -141,25 +153,32 @@ def learning_rate_schedule(stage: Stage, config: TrainConfig,
   peak = stage.learning_rate * config.batch_size / REFERENCE_BATCH_SIZE
   total_steps = (stage.epochs - stage.initial_epoch) * steps_per_epoch
   warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps - 1)
-  return keras.optimizers.schedules.CosineDecay(
-      initial_learning_rate=0.0, decay_steps=total_steps - warmup_steps,
-      warmup_target=peak, warmup_steps=warmup_steps)
+  return keras.optimizers.schedules.CosineDecay(initial_learning_rate=0.0,
+                                                decay_steps=total_steps - warmup_steps,
+                                                warmup_target=peak,
+                                                warmup_steps=warmup_steps)
 
 
 class SmoothedCrossentropy(keras.losses.Loss):
   """Cross-entropy on integer labels with label smoothing, which the sparse Keras loss lacks."""
 
-  def __init__(self, num_classes: int, label_smoothing: float = 0.0,
-               name: str = 'smoothed_crossentropy', **kwargs: Any) -> None:
+  def __init__(self,
+               num_classes: int,
+               label_smoothing: float = 0.0,
+               name: str = 'smoothed_crossentropy',
+               **kwargs: Any) -> None:
     super().__init__(name=name, **kwargs)
     self.num_classes = num_classes
     self.label_smoothing = label_smoothing
 
   def call(self, y_true, y_pred):
     labels = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), self.num_classes)
-    return keras.losses.categorical_crossentropy(labels, y_pred,
+    return keras.losses.categorical_crossentropy(labels,
+                                                 y_pred,
                                                  label_smoothing=self.label_smoothing)
 
   def get_config(self):
-    return {**super().get_config(), 'num_classes': self.num_classes,
-            'label_smoothing': self.label_smoothing}
+    return {
+        **super().get_config(), 'num_classes': self.num_classes,
+        'label_smoothing': self.label_smoothing
+    }

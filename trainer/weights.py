@@ -57,11 +57,15 @@ def imagenet_file(cache_dir: str, timeout_s: float = 10) -> str:
   if not network_reachable(ORIGIN_HOST, timeout_s):
     raise UserError(_not_cached_message(cache_dir, f'{ORIGIN_HOST} cannot be reached'))
   try:
-    return keras.utils.get_file(NOTOP_FILE, ORIGIN, file_hash=NOTOP_MD5, cache_dir=cache_dir,
+    return keras.utils.get_file(NOTOP_FILE,
+                                ORIGIN,
+                                file_hash=NOTOP_MD5,
+                                cache_dir=cache_dir,
                                 cache_subdir='')
   except Exception as e:  # pylint: disable=broad-except  (get_file raises bare Exceptions)
-    raise UserError(_not_cached_message(
-        cache_dir, f'its download failed ({str(e).splitlines()[0][:200]})')) from None
+    raise UserError(
+        _not_cached_message(cache_dir,
+                            f'its download failed ({str(e).splitlines()[0][:200]})')) from None
 
 
 def _not_cached_message(cache_dir, reason):
@@ -118,8 +122,9 @@ def _load_h5(backbone: keras.Model, path: str) -> int:
     raise UserError(f'--weights={path} holds no weights for any DenseNet121 layer; '
                     'give a DenseNet121 weights file')
   if missing:
-    raise UserError(f'--weights={path} lacks weights for {len(missing)} of the {len(needed)} '
-                    f'DenseNet121 layers (e.g. {sorted(missing)[0]}); give a whole DenseNet121 file')
+    raise UserError(
+        f'--weights={path} lacks weights for {len(missing)} of the {len(needed)} '
+        f'DenseNet121 layers (e.g. {sorted(missing)[0]}); give a whole DenseNet121 file')
   try:
     backbone.load_weights(path, by_name=True)
   except (ValueError, OSError) as e:  # a shape that does not fit; a damaged dataset in the file
