@@ -127,6 +127,16 @@ runpy.run_module(module, run_name='__main__', alter_sys=True)
 '''
 
 
+def run_python(*args, timeout=300):
+  """`python ARGS...` from the repository root; returns the finished process."""
+  return subprocess.run([sys.executable, *args],
+                        cwd=REPO,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
+                        check=False)
+
+
 def run_offline(module, *argv, env=None):
   """Runs `python -m module argv...` with no network; returns (the process's result, seconds)."""
   start = time.perf_counter()

@@ -2,19 +2,17 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import run_python
 from trainer import evaluate, export, runs
 from trainer.config import DatasetInfo
 from trainer.errors import UserError
 from trainer.keras_lib import keras
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_SHAPE = (28, 28, 1)
 
 # Serves raw digits with nothing but TensorFlow: no trainer code, no Keras.
@@ -30,15 +28,6 @@ np.savez(sys.argv[3], probabilities=outputs['probabilities'].numpy(),
          classes=outputs['classes'].numpy(), input_shape=spec.shape.as_list()[1:],
          input_dtype=spec.dtype.name)
 """
-
-
-def run_command(*args):
-  return subprocess.run([sys.executable, *args],
-                        cwd=REPO,
-                        capture_output=True,
-                        text=True,
-                        timeout=300,
-                        check=False)
 
 
 def copy_run(run_dir, destination, *names):
@@ -74,8 +63,8 @@ def test_run_folder_records_the_dataset_and_keeps_the_keras_model(tiny_run, raw_
 def test_saved_model_in_a_fresh_tensorflow_process_matches_the_keras_model(
     tiny_run, tmp_path, raw_digits, keras_probabilities):
   np.save(tmp_path / 'digits.npy', raw_digits)
-  result = run_command('-c', SERVE_IN_FRESH_PROCESS, os.path.join(tiny_run, runs.EXPORT_DIR),
-                       str(tmp_path / 'digits.npy'), str(tmp_path / 'served.npz'))
+  result = run_python('-c', SERVE_IN_FRESH_PROCESS, os.path.join(tiny_run, runs.EXPORT_DIR),
+                      str(tmp_path / 'digits.npy'), str(tmp_path / 'served.npz'))
   assert result.returncode == 0, result.stderr
   served = np.load(tmp_path / 'served.npz')
   assert served['input_shape'].tolist() == list(MNIST_SHAPE)
@@ -89,7 +78,7 @@ def test_export_command_needs_only_the_run_folder(tiny_run, tmp_path, raw_digits
   # A subprocess sees no mock data and the run's data_dir holds no dataset, so the
   # shape and classes can only come from dataset.json.
   run_dir = copy_run(tiny_run, tmp_path / 'run', 'config.json', runs.DATASET_FILE, 'checkpoints')
-  result = run_command('-m', 'trainer.export', f'--run_dir={run_dir}')
+  result = run_python('-m', 'trainer.export', f'--run_dir={run_dir}')
   assert result.returncode == 0, result.stderr
   assert os.path.exists(os.path.join(run_dir, runs.KERAS_MODEL_FILE))
   serve = tf.saved_model.load(os.path.join(run_dir, runs.EXPORT_DIR)).signatures[export.SIGNATURE]
@@ -107,7 +96,7 @@ def test_a_run_folder_without_a_checkpoint_is_refused_in_one_line(tiny_run, tmp_
   run_dir = copy_run(tiny_run, tmp_path / 'run', 'config.json', runs.DATASET_FILE)
   with pytest.raises(UserError, match='no checkpoint'):
     function(run_dir)
-  result = run_command('-m', command, f'--run_dir={run_dir}')
+  result = run_python('-m', command, f'--run_dir={run_dir}')
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(f'error: {run_dir} has no checkpoint')

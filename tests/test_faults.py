@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import REPO, error_line, run_offline
+from helpers import REPO, error_line, run_offline, run_python
 from trainer import runs
 
 # A run long enough to interfere with: epochs of 40 steps on synthetic digits.
@@ -87,22 +87,23 @@ def test_a_run_dir_that_is_a_file_ends_in_one_line(tmp_path):
   assert 'is a file, not a folder' in error_line(result)
 
 
+DETERMINISTIC_RUN = [
+    '--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8', '--epochs=2',
+    '--steps_per_epoch=3', '--eval_steps=2', '--augment', '--dropout=0.2', '--seed=7',
+    '--deterministic', '--noexport'
+]
+
+
 @pytest.mark.slow
 def test_deterministic_runs_write_the_same_history_and_metrics(tmp_path):
   outputs = []
   for name in ('first', 'second'):
     run_dir = tmp_path / name
-    result = subprocess.run([
-        sys.executable, '-m', 'trainer.main', '--dataset=synthetic', '--weights=none',
-        '--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=3', '--eval_steps=2',
-        '--augment', '--dropout=0.2', '--seed=7', '--deterministic', '--noexport',
-        f'--run_dir={run_dir}'
-    ],
-                            cwd=REPO,
-                            capture_output=True,
-                            text=True,
-                            timeout=900,
-                            check=False)
+    result = run_python('-m',
+                        'trainer.main',
+                        *DETERMINISTIC_RUN,
+                        f'--run_dir={run_dir}',
+                        timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     outputs.append(
         ((run_dir / runs.HISTORY_FILE).read_text(), (run_dir / runs.METRICS_FILE).read_text()))
@@ -150,21 +151,10 @@ KILL_RUN = [
     ])
 def test_a_run_killed_anywhere_resumes_to_one_clean_history(tmp_path, kill_at):
   run_dir = tmp_path / 'run'
-  killed = subprocess.run(
-      [sys.executable, '-c', _KILLING_MAIN, kill_at, *KILL_RUN, f'--run_dir={run_dir}'],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=900,
-      check=False)
+  killed = run_python('-c', _KILLING_MAIN, kill_at, *KILL_RUN, f'--run_dir={run_dir}', timeout=900)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   assert not (run_dir / runs.METRICS_FILE).exists()
-  again = subprocess.run([sys.executable, '-m', 'trainer.main', *KILL_RUN, f'--run_dir={run_dir}'],
-                         cwd=REPO,
-                         capture_output=True,
-                         text=True,
-                         timeout=900,
-                         check=False)
+  again = run_python('-m', 'trainer.main', *KILL_RUN, f'--run_dir={run_dir}', timeout=900)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'could not be found' not in again.stderr  # the checkpoints load without warnings
   with open(run_dir / runs.HISTORY_FILE) as f:

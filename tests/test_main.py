@@ -16,6 +16,20 @@ from trainer.config import TrainConfig
 from trainer.errors import UserError
 
 
+def test_flags_cfg_names_the_run_folder_it_resolved_to(monkeypatch, tmp_path):
+  monkeypatch.chdir(tmp_path)
+  flags.FLAGS(['trainer.main', '--adapter=conv'])  # no --run_dir: runs/<start time>
+  config = main.config_from_flags()
+  text = main.resolved_flags_text(config)
+  assert '--adapter=conv' in text.splitlines()
+  assert [line for line in text.splitlines() if line.startswith('--run_dir')
+         ] == [f'--run_dir={config.run_dir}']
+  (tmp_path / 'flags.cfg').write_text(text)
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['trainer.main', f'--flagfile={tmp_path / "flags.cfg"}'])
+  assert main.config_from_flags() == config
+
+
 def test_a_finished_run_leaves_logs_checkpoint_and_metrics(tiny_run):
   with open(os.path.join(tiny_run, 'metrics.json')) as f:
     metrics = json.load(f)

@@ -1,29 +1,18 @@
 """python -m trainer.predict on image files the tests draw."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
+from helpers import run_python
 from trainer import predict
 from trainer.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_SHAPE = (28, 28, 1)
 RGB_SHAPE = (32, 32, 3)  # a colour model's input: no autocontrast hides a wrong scale
-
-
-def run_command(*args):
-  return subprocess.run([sys.executable, *args],
-                        cwd=REPO,
-                        capture_output=True,
-                        text=True,
-                        timeout=300,
-                        check=False)
 
 
 def draw_seven(size=(90, 120), ink=30, paper=230):
@@ -141,7 +130,7 @@ def test_predict_prints_a_class_and_probability_per_file(export_dir, digit_files
   assert predict.format_predictions(predictions).splitlines()[0] == (
       f'{paths[0]}: {predictions[0]["class"]} (probability {predictions[0]["probability"]:.3f})')
 
-  result = run_command('-m', 'trainer.predict', f'--model={export_dir}', '--json', *paths)
+  result = run_python('-m', 'trainer.predict', f'--model={export_dir}', '--json', *paths)
   assert result.returncode == 0, result.stderr
   printed = json.loads(result.stdout)
   assert [p['class'] for p in printed] == [p['class'] for p in predictions]
@@ -201,7 +190,7 @@ def test_bad_inputs_on_the_command_line_end_in_one_line(export_dir, digit_files,
   for model, image, problem in [(export_dir, str(not_an_image), 'is not a readable image'),
                                 (export_dir, str(tmp_path), 'is a folder'),
                                 (str(tmp_path), good, 'is not a SavedModel')]:
-    result = run_command('-m', 'trainer.predict', f'--model={model}', image)
+    result = run_python('-m', 'trainer.predict', f'--model={model}', image)
     assert result.returncode == 1
     assert 'Traceback' not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]

@@ -52,9 +52,13 @@ def config_from_flags() -> TrainConfig:
                              run_dir=config.run_dir or runs.default_run_dir(config.run_name))
 
 
-def resolved_flags_text() -> str:
-  """This run's settings as a flagfile, so `--flagfile=runs/X/flags.cfg` repeats the run."""
-  return ''.join(flags.FLAGS[name].serialize() + '\n' for name in cli.flag_names(TrainConfig))
+def resolved_flags_text(config: TrainConfig) -> str:
+  """This run's settings as a flagfile, so `--flagfile=runs/X/flags.cfg` resumes or repeats
+  the run: with the run folder it resolved to, not the default named after the start time."""
+  settings = [
+      flags.FLAGS[name].serialize() for name in cli.flag_names(TrainConfig) if name != 'run_dir'
+  ]
+  return '\n'.join([*settings, f'--run_dir={config.run_dir}']) + '\n'
 
 
 def run(splits_override: Optional[data.Splits] = None,
@@ -83,7 +87,7 @@ def run(splits_override: Optional[data.Splits] = None,
     if chief:
       # Only now, with every check passed: a failed start leaves no config that would refuse
       # the corrected command.
-      runs.record_config(config, resolved_flags_text())
+      runs.record_config(config, resolved_flags_text(config))
     with distribution.lost_workers_as_user_errors(), runs.full_disk_as_user_error(config.run_dir):
       return train.train_and_evaluate(config, splits, strategy, start_weights)
 
