@@ -89,9 +89,10 @@ def resolve_precision(precision: str, num_gpus: int) -> str:
   if gpus and all(_capability(gpu) >= MIN_FLOAT16_CAPABILITY for gpu in gpus):
     return 'mixed_float16'
   if not gpus and cpu_has_bfloat16():
-    # Not the default until a real-MNIST run shows bfloat16 reaches float32's accuracy.
+    # Not the default yet: one two-epoch pair on real MNIST is the evidence so far.
     logging.info('This CPU has bfloat16 instructions: --precision=mixed_bfloat16 trained '
-                 'DenseNet121 about 1.26x faster than float32 here (benchmarks/RESULTS.md)')
+                 'DenseNet121 about 1.2x faster than float32 at the same accuracy '
+                 '(benchmarks/RESULTS.md)')
   return 'float32'
 
 

@@ -236,11 +236,6 @@ def write_metrics(run_dir: str, metrics: Dict[str, float]) -> None:
   _write(path(run_dir, METRICS_FILE), json.dumps(metrics, indent=2, allow_nan=False))
 
 
-def read_metrics(run_dir: str) -> Optional[Dict[str, float]]:
-  metrics_path = path(run_dir, METRICS_FILE)
-  return json.loads(_read(metrics_path)) if tf.io.gfile.exists(metrics_path) else None
-
-
 # ---- Resuming: what the folder says about finished epochs
 
 
