@@ -104,9 +104,23 @@ def test_mixed_float16_scales_the_loss():
   assert model.output.dtype == tf.float32
 
 
-def test_auto_precision_is_float32_on_the_cpu():
-  assert distribution.resolve_precision('auto', num_gpus=0) == 'float32'
-  assert distribution.resolve_precision('mixed_bfloat16', num_gpus=0) == 'mixed_bfloat16'
+@pytest.mark.parametrize(
+    'has_bfloat16, onednn, expected',
+    [
+        (True, None, 'mixed_bfloat16'),
+        (True, '1', 'mixed_bfloat16'),
+        (True, '0', 'float32'),  # multi-worker runs turn oneDNN off (trainer/cli.py)
+        (False, None, 'float32'),
+    ])
+def test_auto_precision_on_the_cpu_follows_its_bfloat16_instructions(monkeypatch, has_bfloat16,
+                                                                     onednn, expected):
+  monkeypatch.setattr(distribution, 'cpu_has_bfloat16', lambda: has_bfloat16)
+  if onednn is None:
+    monkeypatch.delenv('TF_ENABLE_ONEDNN_OPTS', raising=False)
+  else:
+    monkeypatch.setenv('TF_ENABLE_ONEDNN_OPTS', onednn)
+  assert distribution.resolve_precision('auto', num_gpus=0) == expected
+  assert distribution.resolve_precision('float32', num_gpus=0) == 'float32'
 
 
 # ---- Bad inputs: each ends in one UserError line (trainer/cli.py prints it, exit 1).

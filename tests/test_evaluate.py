@@ -12,7 +12,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from helpers import MOCK_EXAMPLES
-from trainer import callbacks, evaluate, runs
+from trainer import callbacks, distribution, evaluate, runs
 from trainer.config import TrainConfig
 from trainer.keras_lib import keras
 
@@ -123,7 +123,8 @@ def test_hparams_dashboard_gets_the_run_settings_and_test_metrics(tiny_run):
   assert hparams['adapter'].string_value == 'rgb'
   assert hparams['image_size'].number_value == 32
   assert hparams['train_mode'].string_value == 'finetune'
-  assert hparams['precision'].string_value == 'float32'
+  # The policy the run resolved, not 'auto'.
+  assert hparams['precision'].string_value == distribution.resolve_precision('auto', num_gpus=0)
   assert 'run_dir' not in hparams
   with open(os.path.join(tiny_run, runs.METRICS_FILE)) as f:
     metrics = json.load(f)

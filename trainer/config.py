@@ -115,8 +115,8 @@ class TrainConfig:
       'FIRST,LAST (e.g. 10,12); each stage traces its own. Empty: none.')
   # ---- Hardware
   num_gpus: int = setting(0, 'GPUs per machine: 0 CPU, 1 one GPU, N MirroredStrategy.', lower=0)
-  precision: str = setting('auto', 'auto: mixed_float16 on GPUs with tensor cores, else '
-                           'float32.',
+  precision: str = setting('auto', 'auto: mixed_float16 on GPUs with tensor cores, '
+                           'mixed_bfloat16 on CPUs with bfloat16 instructions, else float32.',
                            choices=PRECISIONS)
   jit_compile: bool = setting(
       False, 'Compile the training step with XLA: faster on GPUs, a '

@@ -82,18 +82,30 @@ def parse_tf_config(text: str) -> dict:
 
 
 def resolve_precision(precision: str, num_gpus: int) -> str:
-  """'auto' is mixed_float16 when every GPU in use has float16 tensor cores, else float32."""
+  """'auto': mixed_float16 on GPUs with tensor cores, mixed_bfloat16 on CPUs with bfloat16
+  instructions (while oneDNN's kernels are on), else float32. Logs the choice and why."""
   if precision != 'auto':
     return precision
   gpus = tf.config.list_physical_devices('GPU')[:num_gpus]
-  if gpus and all(_capability(gpu) >= MIN_FLOAT16_CAPABILITY for gpu in gpus):
-    return 'mixed_float16'
-  if not gpus and cpu_has_bfloat16():
-    # Not the default yet: one two-epoch pair on real MNIST is the evidence so far.
-    logging.info('This CPU has bfloat16 instructions: --precision=mixed_bfloat16 trained '
-                 'DenseNet121 about 1.2x faster than float32 at the same accuracy '
-                 '(benchmarks/RESULTS.md)')
-  return 'float32'
+  if gpus:
+    if all(_capability(gpu) >= MIN_FLOAT16_CAPABILITY for gpu in gpus):
+      return _chosen('mixed_float16', 'every GPU in use has float16 tensor cores')
+    return _chosen('float32', 'a GPU in use predates float16 tensor cores')
+  if not cpu_has_bfloat16():
+    return _chosen('float32', 'this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16)')
+  if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '0':
+    # Without oneDNN, TensorFlow's bfloat16 kernels are slower than float32 (benchmarks/RESULTS.md).
+    return _chosen(
+        'float32', 'oneDNN is off (TF_ENABLE_ONEDNN_OPTS=0, as in multi-worker runs), '
+        'and bfloat16 is slow without it')
+  # Measured on real MNIST: the same accuracy as float32, 1.2x faster (benchmarks/RESULTS.md).
+  return _chosen('mixed_bfloat16', 'this CPU has bfloat16 instructions; --precision=float32 '
+                 'turns it off')
+
+
+def _chosen(policy: str, why: str) -> str:
+  logging.info('--precision=auto: %s (%s)', policy, why)
+  return policy
 
 
 def cpu_has_bfloat16(cpuinfo: str = '/proc/cpuinfo') -> bool:
