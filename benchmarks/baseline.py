@@ -98,3 +98,41 @@ def first_training_batch(x_train, y_train, batch_size, validation_split=0.2):
                                           model=None)
   for _, iterator in handler.enumerate_epochs():
     return next(iterator)
+
+
+# ---- The article's training: its model, augmentation and optimizer.
+
+ROTATION_DEGREES = 10  # ImageDataGenerator(rotation_range=10, zoom_range=0.1), as the article
+ZOOM = 0.1
+BATCH_SIZE = 128
+
+
+def hold_out(x, y, validation_split=0.2):
+  """(train, validation): the last `validation_split` of the arrays is held out, as the
+  project holds out the last part of its train split, so both validate on the same images."""
+  cut = len(y) - round(len(y) * validation_split)
+  return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+
+def article_model(image_size, num_classes=10):
+  """DenseNet121 (random start) with the article's Flatten head, compiled with Adam at Keras's
+  defaults: the article does not name its optimizer."""
+  from trainer.keras_lib import keras  # pylint: disable=import-outside-toplevel
+  backbone = keras.applications.DenseNet121(include_top=False,
+                                            weights=None,
+                                            input_shape=(image_size, image_size, 3))
+  outputs = keras.layers.Dense(num_classes,
+                               activation='softmax')(keras.layers.Flatten()(backbone.output))
+  model = keras.Model(backbone.input, outputs)
+  model.compile(optimizer=keras.optimizers.Adam(),
+                loss='sparse_categorical_crossentropy',
+                metrics=['accuracy'])
+  return model
+
+
+def augmented_batches(x, y, batch_size=BATCH_SIZE, seed=0):
+  """The article's augmentation: ImageDataGenerator's random rotation and zoom."""
+  from trainer.keras_lib import keras  # pylint: disable=import-outside-toplevel
+  generator = keras.preprocessing.image.ImageDataGenerator(rotation_range=ROTATION_DEGREES,
+                                                           zoom_range=ZOOM)
+  return generator.flow(x, y, batch_size=batch_size, seed=seed)

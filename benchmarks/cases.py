@@ -20,8 +20,8 @@ import tensorflow_datasets  # noqa: F401  (imported by trainer.data; listed so b
 from tf_keras.src.engine import data_adapter
 
 from benchmarks import baseline
-from benchmarks.measure import emit, images_per_second, peak_rss_bytes
-from trainer import data, distribution, train
+from benchmarks.measure import MemoryByPhase, emit, images_per_second, peak_rss_bytes
+from trainer import callbacks, data, distribution, export, runs, train
 from trainer.keras_lib import keras
 from trainer.model import ModelConfig, backbone_of, build_model, preprocessing_model
 
@@ -125,23 +125,17 @@ def train_main(p):
   fit calls, so load from elsewhere on the machine hits both alike.
   With `start_up_only`, only trainer.main's run, for its time to the first finished step.
   """
-  from absl import flags  # pylint: disable=import-outside-toplevel
-
-  from trainer import main  # pylint: disable=import-outside-toplevel  (defines the flags)
-
   batch_size, warmup, timed = p['batch_size'], p['warmup_steps'], p['timed_steps']
   timer = StepTimer()
-  project_callbacks = train.callbacks
-  train.callbacks = lambda *args, **kwargs: project_callbacks(*args, **kwargs) + [timer]
+  _add_training_callback(timer)
   run_dir = tempfile.mkdtemp(prefix='benchmark_run_')
-  flags.FLAGS([
-      'trainer.main', f'--dataset={p["dataset"]}', f'--image_size={p["image_size"]}',
-      f'--batch_size={batch_size}', '--epochs=1', f'--steps_per_epoch={warmup + timed}',
-      '--eval_steps=1', '--weights=none', '--noexport', '--num_gpus=0', '--precision=float32',
-      f'--run_dir={run_dir}'
-  ])
   # The full run takes trainer.main's own path; the quick run hands it a part of the data.
-  main.run(splits_override=_splits(p['dataset'], p['fraction']) if p['fraction'] < 1 else None)
+  _run_main([
+      f'--dataset={p["dataset"]}', f'--image_size={p["image_size"]}', f'--batch_size={batch_size}',
+      '--epochs=1', f'--steps_per_epoch={warmup + timed}', '--eval_steps=1', '--weights=none',
+      '--noexport', '--num_gpus=0', '--precision=float32', f'--run_dir={run_dir}'
+  ],
+            splits_override=_splits(p['dataset'], p['fraction']) if p['fraction'] < 1 else None)
   if p.get('start_up_only'):
     shutil.rmtree(run_dir, ignore_errors=True)
     return {'first_step_wall': timer.first_step_wall}
@@ -204,14 +198,136 @@ def backbone_fed_directly(model, input_shape):
   return keras.Model(inputs, x, name='backbone_fed_directly')
 
 
+# ---- Whole jobs: peak memory, and the time to a validation accuracy.
+
+
+def whole_job_project(p):
+  """trainer.main from its flags to its export: `steps` training steps, then validation, the
+  test and the export on every image; the peak resident memory of each phase."""
+  memory = MemoryByPhase()
+  for module, name, phase in [(data, 'load_splits', 'data'), (train, 'build_model', 'model'),
+                              (train, 'train_stage', 'training and validation'),
+                              (runs, 'restore', 'test'), (export, 'export_model', 'export')]:
+    _enter_phase_on_call(memory, module, name, phase)
+  run_dir = tempfile.mkdtemp(prefix='benchmark_run_')
+  _run_main([
+      f'--dataset={p["dataset"]}', f'--image_size={p["image_size"]}',
+      f'--batch_size={p["batch_size"]}', '--epochs=1', f'--steps_per_epoch={p["steps"]}',
+      '--weights=none', '--num_gpus=0', '--precision=float32', f'--run_dir={run_dir}'
+  ],
+            splits_override=_splits(p['dataset'], p['fraction'], every_split=True)
+            if p['fraction'] < 1 else None)
+  shutil.rmtree(run_dir, ignore_errors=True)
+  return {'peak_rss': peak_rss_bytes(), 'phases': memory.peaks(), **libraries()}
+
+
+def whole_job_article(p):
+  """The article's job: its preparation, its model, `steps` augmented training steps with
+  validation, the test; the peak resident memory of each phase."""
+  memory = MemoryByPhase()
+  memory.enter('data')
+  (x_train, y_train), (x_test, y_test) = baseline.load_arrays(p['dataset'], p['fraction'])
+  x_train = baseline.prepare(x_train, p['image_size'])
+  x_test = baseline.prepare(x_test, p['image_size'])
+  (x_train, y_train), validation = baseline.hold_out(x_train, y_train, VALIDATION_SPLIT)
+  memory.enter('model')
+  model = baseline.article_model(p['image_size'])
+  memory.enter('training and validation')
+  model.fit(baseline.augmented_batches(x_train, y_train, p['batch_size']),
+            steps_per_epoch=p['steps'],
+            epochs=1,
+            validation_data=validation,
+            batch_size=p['batch_size'],
+            verbose=0)
+  memory.enter('test')
+  model.evaluate(x_test, y_test, batch_size=p['batch_size'], verbose=0)
+  return {'peak_rss': peak_rss_bytes(), 'phases': memory.peaks(), **libraries()}
+
+
+class LevelReached(keras.callbacks.Callback):
+  """Stops training at the end of the first epoch whose validation accuracy reaches `level`;
+  keeps the wall time of that moment and every epoch's validation accuracy."""
+
+  def __init__(self, level):
+    super().__init__()
+    self.level = level
+    self.reached_wall = None
+    self.val_accuracy = []
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.val_accuracy.append(float(logs['val_accuracy']))
+    if self.reached_wall is None and self.val_accuracy[-1] >= self.level:
+      self.reached_wall = time.time()
+      self.model.stop_training = True
+
+  def result(self):
+    return {'reached_wall': self.reached_wall, 'val_accuracy': self.val_accuracy}
+
+
+def time_to_accuracy_project(p):
+  """`python -m trainer.main --flagfile=RECIPE` on the digits, until validation reaches the level."""
+  reached = LevelReached(p['level'])
+  _add_training_callback(reached)
+  run_dir = tempfile.mkdtemp(prefix='benchmark_run_')
+  _run_main([
+      f'--flagfile={p["recipe"]}', f'--dataset={p["dataset"]}', f'--image_size={p["image_size"]}',
+      '--weights=none', '--noexport', f'--run_dir={run_dir}', *p['flags']
+  ],
+            splits_override=_splits(p['dataset'], p['fraction']) if p['fraction'] < 1 else None)
+  shutil.rmtree(run_dir, ignore_errors=True)
+  return {**reached.result(), **libraries()}
+
+
+def time_to_accuracy_article(p):
+  """The article's recipe on the same digits, until validation reaches the level."""
+  (x_train, y_train), _ = baseline.load_arrays(p['dataset'], p['fraction'])
+  (x_train, y_train), validation = baseline.hold_out(baseline.prepare(x_train, p['image_size']),
+                                                     y_train, VALIDATION_SPLIT)
+  model = baseline.article_model(p['image_size'])
+  reached = LevelReached(p['level'])
+  model.fit(baseline.augmented_batches(x_train, y_train),
+            epochs=p['max_epochs'],
+            validation_data=validation,
+            callbacks=[reached],
+            verbose=2)
+  return {**reached.result(), **libraries()}
+
+
+def _run_main(argv, splits_override=None):
+  """trainer.main in this process, as `python -m trainer.main ARGV` runs it."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  from trainer import main  # pylint: disable=import-outside-toplevel  (defines the flags)
+  flags.FLAGS(['trainer.main', *argv])
+  return main.run(splits_override=splits_override)
+
+
+def _add_training_callback(callback):
+  """Every fit of trainer.main gets `callback` after the project's own."""
+  project_callbacks = callbacks.training_callbacks
+  callbacks.training_callbacks = lambda *a, **k: project_callbacks(*a, **k) + [callback]
+
+
+def _enter_phase_on_call(memory, module, name, phase):
+  original = getattr(module, name)
+
+  def wrapped(*args, **kwargs):
+    memory.enter(phase)
+    return original(*args, **kwargs)
+
+  setattr(module, name, wrapped)
+
+
 # ---- GPU suite: one configuration per child.
 
 
 def gpu_train(p):
-  """Images per second per device for one precision, device count, XLA and steps per call."""
+  """Images per second per device for one precision ('auto' as trainer.main resolves it), device
+  count, XLA and steps per call."""
   num_gpus = p['num_gpus']
   strategy = distribution.make_strategy(num_gpus)
-  distribution.set_precision(p['precision'])
+  policy = distribution.resolve_precision(p['precision'], num_gpus)
+  distribution.set_precision(policy)
   spe = p['steps_per_execution']
   warmup = math.ceil(p['warmup_steps'] / spe) * spe
   timed = math.ceil(p['timed_steps'] / spe) * spe
@@ -221,11 +337,11 @@ def gpu_train(p):
   config = train.TrainConfig(run_dir='unused', batch_size=global_batch)
   with strategy.scope():
     model = build_model(ModelConfig(image_size=p['image_size'], interpolation=p['interpolation']),
-                        splits.image_shape, splits.num_classes)
+                        splits.info.image_shape, splits.info.num_classes)
     # The project's compile, with the two settings under test added to its model.compile call.
     model.compile = functools.partial(model.compile, jit_compile=p['xla'], steps_per_execution=spe)
     train.compile_for_stage(model, train.Stage('finetune', 0, 1, True, config.learning_rate),
-                            config, warmup + timed, splits.num_classes)
+                            config, warmup + timed, splits.info.num_classes)
   timer = StepTimer()
   model.fit(train_ds, steps_per_epoch=warmup + timed, epochs=1, verbose=0, callbacks=[timer])
   rate = images_per_second(timer.calls, global_batch, warmup)
@@ -237,6 +353,8 @@ def gpu_train(p):
                  or ['CPU'],
       'num_logical_gpus':
           len(gpus),
+      'precision':
+          policy,
       **libraries()
   }
 
@@ -253,14 +371,18 @@ def _device_name(device):
 # ---- Helpers
 
 
-def _splits(dataset, fraction):
-  """The project's splits; a fraction < 1 keeps the first part of train (quick runs)."""
+def _splits(dataset, fraction, every_split=False):
+  """The project's splits; a fraction < 1 keeps the first part of train (quick runs), and of
+  validation and test too with `every_split`."""
   splits = data.load_splits(dataset, None, VALIDATION_SPLIT, download=False)
   if fraction >= 1:
     return splits
-  return dataclasses.replace(splits,
-                             train=splits.train.take(
-                                 round(data.num_examples(splits.train) * fraction)))
+  part = lambda ds: ds.take(round(data.num_examples(ds) * fraction))
+  return dataclasses.replace(
+      splits,
+      train=part(splits.train),
+      validation=part(splits.validation) if every_split else splits.validation,
+      test=part(splits.test) if every_split else splits.test)
 
 
 def _seconds_per_call(model, x, calls=20):
@@ -281,7 +403,8 @@ def _nbytes(tensor):
 
 CASES = {
     f.__name__: f for f in (data_stage_project, data_stage_baseline, input_pipeline, train_main,
-                            gpu_train, devices)
+                            whole_job_project, whole_job_article, time_to_accuracy_project,
+                            time_to_accuracy_article, gpu_train, devices)
 }
 
 if __name__ == '__main__':

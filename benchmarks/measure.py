@@ -13,6 +13,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +64,47 @@ def emit(result):
 def peak_rss_bytes():
   """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes():
+  """This process's resident memory now (Linux)."""
+  with open('/proc/self/statm') as f:
+    return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+class MemoryByPhase:
+  """The peak resident memory of each phase of a job, sampled by a thread every few ms.
+
+  A phase lasts from `enter(name)` to the next `enter`; `peaks()` lists them in order.
+  Samples can miss a spike shorter than the interval; `peak_rss_bytes` cannot.
+  """
+
+  def __init__(self, interval_s=0.01):
+    self.interval_s = interval_s
+    self.phase = 'start'
+    self._peaks = {}
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+    self._thread.start()
+
+  def enter(self, phase):
+    self._record()
+    self.phase = phase
+    self._record()
+
+  def peaks(self):
+    self._stop.set()
+    self._thread.join()
+    self._record()
+    return dict(self._peaks)
+
+  def _record(self):
+    phase = self.phase
+    self._peaks[phase] = max(self._peaks.get(phase, 0), rss_bytes())
+
+  def _sample(self):
+    while not self._stop.wait(self.interval_s):
+      self._record()
 
 
 def images_per_second(chunks, batch_size, skip_steps):

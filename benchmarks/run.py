@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import tempfile
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from absl import app, flags
 
@@ -23,14 +23,27 @@ from benchmarks.measure import ChildFailed, gib, machine_description, run_child
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
 
 flags.DEFINE_enum(
-    'suite', 'cpu', ['cpu', 'gpu'], 'cpu: the project against the article\'s '
-    'approach on this machine; gpu: images/s per GPU by precision, GPUs, XLA, '
+    'suite', 'cpu', ['cpu', 'jobs', 'gpu'], 'cpu: the project against the article\'s '
+    'approach on this machine, its parts and then whole jobs; jobs: only the whole jobs '
+    '(peak memory, time to accuracy); gpu: images/s per GPU by precision, GPUs, XLA, '
     'steps per call.')
 flags.DEFINE_bool('quick', False, 'Small sizes: a smoke check of the code in a few minutes.')
 flags.DEFINE_string(
     'dataset', None, 'The data, as trainer.main\'s --dataset: default '
     f'idx:{DEBIAN_FASHION_MNIST} where Debian\'s dataset-fashion-mnist is '
     'installed, else synthetic data of the same shape.')
+flags.DEFINE_string(
+    'mnist_idx', None, 'Folder of real MNIST\'s IDX files for the time-to-accuracy row '
+    '(python ../shared/data/mnist_idx.py DIR writes them); without it the row is skipped.')
+flags.DEFINE_float('level',
+                   0.98,
+                   'Time-to-accuracy row: the validation accuracy both sides train to.',
+                   lower_bound=0,
+                   upper_bound=1)
+flags.DEFINE_integer('max_epochs',
+                     10, 'Time-to-accuracy row: the article\'s recipe stops here if it has '
+                     'not reached --level (the project\'s recipe has its own epochs).',
+                     lower_bound=1)
 flags.DEFINE_string('output', None, 'Also write the table to this file.')
 flags.DEFINE_string('child_logs', None, 'Where the child processes\' logs go (default: a new '
                     'temporary folder).')
@@ -79,6 +92,25 @@ CPU_QUICK = CpuSizes(fraction=0.1,
                      chunk_steps=3,
                      rounds=2,
                      start_ups=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSizes:
+  fraction: float  # of each split's images used (1: all)
+  memory_image_size: int
+  memory_steps: int  # training steps of the whole-job memory row
+  accuracy_image_size: int
+  project_flags: Tuple[str, ...] = ()  # added to the recipe's flags (quick: a short run)
+
+
+BATCH_SIZE = 128  # the article's
+RECIPE = 'configs/mnist_rgb.cfg'
+JOBS_FULL = JobSizes(fraction=1.0, memory_image_size=64, memory_steps=2, accuracy_image_size=32)
+JOBS_QUICK = JobSizes(fraction=0.02,
+                      memory_image_size=32,
+                      memory_steps=2,
+                      accuracy_image_size=32,
+                      project_flags=('--epochs=1', '--steps_per_epoch=2', '--eval_steps=1'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +259,85 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
   return rows, notes, {'tensorflow': project['tensorflow'], 'tf_keras': project['tf_keras']}
 
 
+# ---- Whole jobs
+
+
+def jobs_suite(dataset, mnist_idx, sizes: JobSizes, level, max_epochs, children: Children):
+  common = dict(dataset=dataset,
+                fraction=sizes.fraction,
+                image_size=sizes.memory_image_size,
+                batch_size=BATCH_SIZE,
+                steps=sizes.memory_steps)
+  project = children.run('whole job, trainer.main', 'whole_job_project', common)
+  article = children.run('whole job, the article\'s', 'whole_job_article', common)
+  ratio = article['peak_rss'] / project['peak_rss']
+  rows = [
+      Row(
+          f'Whole job, peak resident memory (GiB): trainer.main vs the article\'s job, '
+          f'{sizes.memory_image_size}x{sizes.memory_image_size}, batch {BATCH_SIZE}',
+          f'{gib(project["peak_rss"]):.2f}', f'{gib(article["peak_rss"]):.2f}', ratio,
+          f'{ratio:.1f}x less', '>= 3x less', ratio >= 3)
+  ]
+  notes = [
+      f'Whole job: each side from process start to its end: the data, the model, '
+      f'{sizes.memory_steps} training steps at batch {BATCH_SIZE} with validation on every '
+      f'held-out image, the test on every test image, and for trainer.main its checkpoints, '
+      f'TensorBoard logs and the SavedModel export. The article\'s job prepares every image '
+      f'as float32 RGB in host memory and trains on ImageDataGenerator batches. Peak resident '
+      f'memory by phase, trainer.main: {_phases(project["phases"])}; the article\'s: '
+      f'{_phases(article["phases"])}.'
+  ]
+  if mnist_idx:
+    digits = dict(dataset=f'idx:{mnist_idx}',
+                  fraction=sizes.fraction,
+                  image_size=sizes.accuracy_image_size,
+                  level=level)
+    ours = children.run(f'trainer.main to {level:.1%} validation accuracy',
+                        'time_to_accuracy_project',
+                        dict(digits, recipe=RECIPE, flags=list(sizes.project_flags)))
+    theirs = children.run(f'the article\'s recipe to {level:.1%} validation accuracy',
+                          'time_to_accuracy_article',
+                          dict(digits, max_epochs=1 if sizes.fraction < 1 else max_epochs))
+    rows.append(_time_to_accuracy_row(ours, theirs, level, sizes.accuracy_image_size))
+    notes.append(
+        f'Time to accuracy: seconds from process start until the end of the first epoch whose '
+        f'validation accuracy reaches {level:.1%}, on real MNIST ({mnist_idx}; the last 20% '
+        f'of train held out), {sizes.accuracy_image_size}x{sizes.accuracy_image_size}, random '
+        f'start. trainer.main runs `--flagfile={RECIPE} --weights=none` (its augmentation, '
+        f'label smoothing, warmup and cosine decay); the article\'s recipe is its '
+        f'preparation, DenseNet121 with a Flatten head, ImageDataGenerator rotation and zoom, '
+        f'batch {BATCH_SIZE} and Adam at Keras\'s defaults (the article names no optimizer). '
+        f'Validation accuracy by epoch, trainer.main: {_accuracies(ours)}; the article\'s: '
+        f'{_accuracies(theirs)}.')
+  else:
+    rows.append(
+        Row('Time to accuracy on real MNIST', 'skipped: needs --mnist_idx=DIR '
+            '(python ../shared/data/mnist_idx.py DIR)', ''))
+  return rows, notes, project
+
+
+def _time_to_accuracy_row(ours, theirs, level, image_size):
+  measure = (f'Time to {level:.1%} validation accuracy on real MNIST, {image_size}x{image_size}, '
+             f'random start (s): trainer.main vs the article\'s recipe')
+  seconds = {
+      side: result['reached_wall'] and result['reached_wall'] - result['spawned_at']
+      for side, result in (('ours', ours), ('theirs', theirs))
+  }
+  text = {side: f'{s:.0f}' if s else 'not reached' for side, s in seconds.items()}
+  if not (seconds['ours'] and seconds['theirs']):
+    return Row(measure, text['ours'], text['theirs'])
+  ratio = seconds['theirs'] / seconds['ours']
+  return Row(measure, text['ours'], text['theirs'], ratio, f'{ratio:.1f}x faster')
+
+
+def _phases(peaks):
+  return ', '.join(f'{phase} {gib(peak):.2f} GiB' for phase, peak in peaks.items())
+
+
+def _accuracies(result):
+  return ' '.join(f'{a:.4f}' for a in result['val_accuracy'])
+
+
 def _faster(measure, project_s, baseline_s, target):
   ratio = baseline_s / project_s
   return Row(measure, f'{project_s:.2f}', f'{baseline_s:.2f}', ratio, f'{ratio:.1f}x faster',
@@ -256,9 +367,9 @@ def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision,
                          '(pip install -e .[and-cuda]), or add --quick for a CPU smoke check')
   if num_gpus > len(gpus):
     raise app.UsageError(f'--num_gpus={num_gpus} but {len(gpus)} GPUs are visible')
-  children.total = 5 + (num_gpus > 1) + 2 * bool(gpus)
+  children.total = 6 + (num_gpus > 1) + bool(gpus)
 
-  def measure(what, **config):
+  def measure(what, full_result=False, **config):
     params = dict(
         dict(precision=precision,
              num_gpus=one,
@@ -267,17 +378,19 @@ def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision,
              interpolation='bicubic'), **config)
     result = children.run(what, 'gpu_train',
                           dict(dataclasses.asdict(sizes), dataset=dataset, **params))
-    return result['images_per_second_per_device']
+    return result if full_result else result['images_per_second_per_device']
 
   device = 'GPU' if gpus else 'CPU'
-  f32 = measure('float32', precision='float32')
-  by_precision = {'float32': f32}
-  for other in ('mixed_float16', 'mixed_bfloat16'):
-    by_precision[other] = measure(other, precision=other)
+  by_precision = {p: measure(p, precision=p) for p in ('float32', 'mixed_float16', 'mixed_bfloat16')}
+  f32 = by_precision['float32']
   base = by_precision[precision]
   rows = [Row(f'float32, 1 {device} (img/s per {device})', f'{f32:.1f}', '')]
   for other in ('mixed_float16', 'mixed_bfloat16'):
     rows.append(_speedup(f'{other} vs float32 (img/s per {device})', by_precision[other], f32))
+  auto = measure('--precision=auto', precision='auto', full_result=True)
+  rows.append(
+      _speedup(f'--precision=auto ({auto["precision"]}) vs float32 (img/s per {device})',
+               auto['images_per_second_per_device'], f32))
   if num_gpus > 1:
     multi = measure(f'{num_gpus} GPUs', num_gpus=num_gpus)
     rows.append(
@@ -286,12 +399,10 @@ def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision,
   else:
     rows.append(Row('Several GPUs vs 1: scaling efficiency', 'skipped: one GPU or none', ''))
   if gpus:
-    # XLA has no kernel for ResizeBicubic (the model's default resize): both sides of this
-    # row resize bilinear.
     rows.append(
-        _speedup(f'XLA on vs off, {precision}, bilinear resize (img/s per GPU)',
-                 measure('XLA on, bilinear', xla=True, interpolation='bilinear'),
-                 measure('XLA off, bilinear', interpolation='bilinear')))
+        _speedup(
+            f'XLA (--jit_compile) on vs off, {precision}, the default bicubic model '
+            '(img/s per GPU)', measure('XLA on', xla=True), base))
   else:
     rows.append(Row('XLA on vs off', 'skipped on CPU: compiling DenseNet121 takes minutes', ''))
   rows.append(
@@ -303,9 +414,9 @@ def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision,
       f'per device (global batch = that x devices), {sizes.timed_steps} timed steps after '
       f'{sizes.warmup_steps}; trainer.data.training_batches, trainer.model.build_model and '
       f'trainer.train.compile_for_stage under trainer.distribution\'s strategy and policy. '
-      f'Rates are medians over executions, each ending in a host sync. The resize is '
-      f'bicubic (the model\'s default) except in the XLA row: XLA has no ResizeBicubic '
-      f'kernel, so `jit_compile=True` fails on the default model.',
+      f'Rates are medians over executions, each ending in a host sync. Every row runs the '
+      f'default model (bicubic resize as two matrix products, trainer/resize.py), which XLA '
+      f'compiles whole.',
   ]
   return rows, notes, found
 
@@ -356,22 +467,31 @@ def main(argv):
   machine = machine_description()
   kind = 'quick smoke run: sizes shrunk, not the figures to quote' if FLAGS.quick else 'full run'
   try:
+    tables = []
     if FLAGS.suite == 'cpu':
       sizes = CPU_QUICK if FLAGS.quick else CPU_FULL
-      rows, notes, libs = cpu_suite(dataset, sizes, Children(log_dir, 3 + 2 * sizes.start_ups))
-    else:
-      rows, notes, libs = gpu_suite(dataset, GPU_QUICK if FLAGS.quick else GPU_FULL,
-                                    Children(log_dir, 1), FLAGS.num_gpus, FLAGS.gpu_precision,
-                                    2 if FLAGS.quick else FLAGS.steps_per_execution, FLAGS.quick)
+      tables.append(
+          ('CPU suite', *cpu_suite(dataset, sizes, Children(log_dir, 3 + 2 * sizes.start_ups))))
+    if FLAGS.suite in ('cpu', 'jobs'):
+      tables.append(('Whole jobs', *jobs_suite(
+          dataset, FLAGS.mnist_idx, JOBS_QUICK if FLAGS.quick else JOBS_FULL, FLAGS.level,
+          FLAGS.max_epochs, Children(log_dir, 2 + 2 * bool(FLAGS.mnist_idx)))))
+    if FLAGS.suite == 'gpu':
+      tables.append(
+          ('GPU suite', *gpu_suite(dataset, GPU_QUICK if FLAGS.quick else GPU_FULL,
+                                   Children(log_dir, 1), FLAGS.num_gpus, FLAGS.gpu_precision,
+                                   2 if FLAGS.quick else FLAGS.steps_per_execution, FLAGS.quick)))
   except ChildFailed as e:
     sys.exit(f'error: {e}')
-  header = [
-      f'{machine["date"]}, {kind}',
-      f'Machine: {machine["cpu"]}, {machine["cores"]} cores; Python {machine["python"]}, '
-      f'TensorFlow {libs["tensorflow"]}, tf_keras {libs["tf_keras"]}',
-      f'Data: {describe_data(dataset)}'
-  ]
-  text = table(f'{FLAGS.suite.upper()} suite', rows, notes, header)
+  text = ''
+  for title, rows, notes, libs in tables:
+    header = [
+        f'{machine["date"]}, {kind}',
+        f'Machine: {machine["cpu"]}, {machine["cores"]} cores; Python {machine["python"]}, '
+        f'TensorFlow {libs["tensorflow"]}, tf_keras {libs["tf_keras"]}',
+        f'Data: {describe_data(dataset)}'
+    ]
+    text += table(title, rows, notes, header) + '\n'
   print(text)
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:

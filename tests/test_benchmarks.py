@@ -1,0 +1,37 @@
+"""The benchmarks run end to end at quick sizes: the whole-jobs table's rows come out filled."""
+import re
+
+import pytest
+
+import helpers
+
+
+@pytest.mark.slow
+def test_jobs_suite_measures_memory_and_time_to_accuracy_on_both_sides(tmp_path):
+  idx_dir = helpers.write_idx_dir(tmp_path / 'idx',
+                                  *helpers.small_digits(1000, seed=0),
+                                  *helpers.small_digits(200, seed=1),
+                                  compress=True)
+  table_file = tmp_path / 'table.md'
+  result = helpers.run_python('-m',
+                              'benchmarks.run',
+                              '--suite=jobs',
+                              '--quick',
+                              f'--dataset=idx:{idx_dir}',
+                              f'--mnist_idx={idx_dir}',
+                              '--level=0',
+                              f'--output={table_file}',
+                              timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  table = table_file.read_text()
+
+  memory = re.search(r'\| Whole job, peak resident memory [^|]* \| ([\d.]+) \| ([\d.]+) \|', table)
+  assert memory, table
+  assert all(float(gib) > 0.1 for gib in memory.groups())
+  # Level 0: both sides reach it after their first epoch, so both have a time and a ratio.
+  reached = re.search(r'\| Time to 0\.0% validation accuracy [^|]* \| (\d+) \| (\d+) \| ([\d.]+)x',
+                      table)
+  assert reached, table
+  # Where each job's memory goes, phase by phase.
+  for phase in ('data', 'model', 'training and validation', 'test', 'export'):
+    assert f'{phase} ' in table
