@@ -213,12 +213,17 @@ def whole_job_project(p):
   _run_main([
       f'--dataset={p["dataset"]}', f'--image_size={p["image_size"]}',
       f'--batch_size={p["batch_size"]}', '--epochs=1', f'--steps_per_epoch={p["steps"]}',
-      '--weights=none', '--num_gpus=0', '--precision=float32', f'--run_dir={run_dir}'
+      '--weights=none', '--num_gpus=0', f'--precision={p["precision"]}', f'--run_dir={run_dir}'
   ],
             splits_override=_splits(p['dataset'], p['fraction'], every_split=True)
             if p['fraction'] < 1 else None)
   shutil.rmtree(run_dir, ignore_errors=True)
-  return {'peak_rss': peak_rss_bytes(), 'phases': memory.peaks(), **libraries()}
+  return {
+      'peak_rss': peak_rss_bytes(),
+      'phases': memory.peaks(),
+      'precision': keras.mixed_precision.global_policy().name,
+      **libraries()
+  }
 
 
 def whole_job_article(p):
@@ -318,12 +323,14 @@ def _enter_phase_on_call(memory, module, name, phase):
   setattr(module, name, wrapped)
 
 
-# ---- GPU suite: one configuration per child.
+# ---- Training rates (the GPU suite, the CPU settings): one configuration per child.
 
 
-def gpu_train(p):
+def training_rate(p):
   """Images per second per device for one precision ('auto' as trainer.main resolves it), device
-  count, XLA and steps per call."""
+  count, XLA, steps per call and, optionally, TensorFlow's thread pools (0: its default)."""
+  tf.config.threading.set_intra_op_parallelism_threads(p.get('intra_op_threads', 0))
+  tf.config.threading.set_inter_op_parallelism_threads(p.get('inter_op_threads', 0))
   num_gpus = p['num_gpus']
   strategy = distribution.make_strategy(num_gpus)
   policy = distribution.resolve_precision(p['precision'], num_gpus)
@@ -404,7 +411,7 @@ def _nbytes(tensor):
 CASES = {
     f.__name__: f for f in (data_stage_project, data_stage_baseline, input_pipeline, train_main,
                             whole_job_project, whole_job_article, time_to_accuracy_project,
-                            time_to_accuracy_article, gpu_train, devices)
+                            time_to_accuracy_article, training_rate, devices)
 }
 
 if __name__ == '__main__':

@@ -24,13 +24,15 @@ class ChildFailed(RuntimeError):
   pass
 
 
-def run_child(module, args, log_path, timeout_s=3600):
-  """Runs `python -m module *args` from the repository root; returns its result dict.
+def run_child(module, args, log_path, timeout_s=3600, env=None):
+  """Runs `python -m module *args` from the repository root, with `env` added to the
+  environment; returns its result dict.
 
   The result gains `spawned_at`: the wall-clock time just before the process was started,
   so a child's own `time.time()` marks give times since process start.
   """
   env = dict(os.environ,
+             **(env or {}),
              TF_CPP_MIN_LOG_LEVEL='2',
              PYTHONPATH=os.pathsep.join(filter(None,
                                                [REPO_ROOT, os.environ.get('PYTHONPATH')])))

@@ -2,10 +2,12 @@
 
   python -m benchmarks.recipe_vs_script [--data_dir=/work/data/tfds] [--output=FILE] [--quick]
 
-Both sides train the same model (trainer.model.build_model, 32x32, from a random start: the
-ImageNet weights need a network) on the same real digits: the first 4,000 of tfds mnist's
-train split, written as IDX files, of which the last 800 are the validation set (as
-trainer.main's --validation_split=0.2 takes them), and the first 1,000 of its test split.
+Both sides train the same model (trainer.model.build_model, 32x32) from the same start
+(--weights: a random start by default, since ImageNet's weights need a network; or a
+finished run folder, e.g. a Fashion-MNIST run, as a pretrained stand-in) on the same real
+digits: the first 4,000 of tfds mnist's train split, written as IDX files, of which the last
+800 are the validation set (as trainer.main's --validation_split=0.2 takes them), and the
+first 1,000 of its test split.
 Batch 64, 2 epochs, seed 0 on every row.
 
   plain script   Adam(1e-4) constant, sparse categorical crossentropy, model.fit, the
@@ -36,10 +38,10 @@ from absl import app, flags
 
 from benchmarks import baseline
 from benchmarks.measure import REPO_ROOT, emit, machine_description, run_child
-from trainer import data, idx
+from trainer import data, idx, weights
 from trainer.config import ModelConfig
 from trainer.keras_lib import keras
-from trainer.model import build_model, set_backbone_trainable
+from trainer.model import backbone_of, build_model, set_backbone_trainable
 
 flags.DEFINE_string('data_dir', '/work/data/tfds', "tensorflow-datasets' folder with mnist "
                     'prepared; read with no network.')
@@ -47,6 +49,9 @@ flags.DEFINE_string('output', None, 'Also write the table to this file.')
 flags.DEFINE_string(
     'work_dir', None, 'Where the IDX files, run folders and logs go (default: '
     'a new temporary folder).')
+flags.DEFINE_string(
+    'weights', 'none', "Both sides' backbone start, as trainer.main's --weights: none, a .h5 "
+    'file or a finished run folder.')
 flags.DEFINE_bool('quick', False, 'A tenth of the digits: a smoke check of the code.')
 
 FLAGS = flags.FLAGS
@@ -103,6 +108,9 @@ def plain_script(p):
   num_train = round(len(y) * (1 - VALIDATION_SPLIT))
   keras.utils.set_random_seed(SEED)
   model = build_model(ModelConfig(image_size=IMAGE_SIZE), x.shape[1:], 10)
+  start = weights.resolve(p['weights'])
+  if start:
+    weights.load_into_backbone(backbone_of(model), start)
   set_backbone_trainable(model, not p['frozen'])
   model.compile(keras.optimizers.Adam(PLAIN_LEARNING_RATE),
                 'sparse_categorical_crossentropy',
@@ -123,11 +131,14 @@ def plain_script(p):
 
 def run_plain(idx_dir, frozen, log_path):
   start = time.monotonic()
-  result = run_child('benchmarks.recipe_vs_script',
-                     ['plain', json.dumps({
-                         'idx_dir': idx_dir,
-                         'frozen': frozen
-                     })], log_path)
+  result = run_child(
+      'benchmarks.recipe_vs_script',
+      ['plain',
+       json.dumps({
+           'idx_dir': idx_dir,
+           'frozen': frozen,
+           'weights': FLAGS.weights
+       })], log_path)
   return {**result, 'seconds': time.monotonic() - start}
 
 
@@ -135,7 +146,7 @@ def run_trainer(idx_dir, extra_flags, run_dir, log_path):
   """`python -m trainer.main` with the recipe at this benchmark's sizes; its history and test."""
   command = [
       sys.executable, '-m', 'trainer.main', f'--flagfile={RECIPE}', f'--dataset=idx:{idx_dir}',
-      '--weights=none', f'--image_size={IMAGE_SIZE}', f'--batch_size={BATCH_SIZE}',
+      f'--weights={FLAGS.weights}', f'--image_size={IMAGE_SIZE}', f'--batch_size={BATCH_SIZE}',
       f'--epochs={EPOCHS}', f'--seed={SEED}', '--noexport', f'--run_dir={run_dir}', *extra_flags
   ]
   start = time.monotonic()
@@ -224,9 +235,9 @@ def report(rows, fraction):
       f'- Data: real MNIST (tfds `mnist`), {train - validation} train / {validation} '
       f'validation digits (the first {train} of its train split), test on the first '
       f'{round(TEST_DIGITS * fraction)} of its test split; {IMAGE_SIZE}x{IMAGE_SIZE}, batch '
-      f'{BATCH_SIZE}, {EPOCHS} epochs, --weights=none, --seed={SEED}.',
+      f'{BATCH_SIZE}, {EPOCHS} epochs, --weights={FLAGS.weights}, --seed={SEED}.',
       f'- trainer.main rows: `python -m trainer.main --flagfile={RECIPE} '
-      f'--dataset=idx:DIR --weights=none --image_size={IMAGE_SIZE} --batch_size={BATCH_SIZE} '
+      f'--dataset=idx:DIR --weights={FLAGS.weights} --image_size={IMAGE_SIZE} --batch_size={BATCH_SIZE} '
       f'--epochs={EPOCHS} --seed={SEED} --noexport` plus the flags shown; test accuracy is '
       'the best validation checkpoint\'s. Plain script: build_model, '
       f'Adam({PLAIN_LEARNING_RATE:g}) constant, model.fit; its last epoch is tested.', ''

@@ -23,10 +23,11 @@ from benchmarks.measure import ChildFailed, gib, machine_description, run_child
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
 
 flags.DEFINE_enum(
-    'suite', 'cpu', ['cpu', 'jobs', 'gpu'], 'cpu: the project against the article\'s '
-    'approach on this machine, its parts and then whole jobs; jobs: only the whole jobs '
-    '(peak memory, time to accuracy); gpu: images/s per GPU by precision, GPUs, XLA, '
-    'steps per call.')
+    'suite', 'cpu', ['cpu', 'jobs', 'cpu_settings', 'gpu'], 'cpu: the project against the '
+    'article\'s approach on this machine, its parts and then whole jobs; jobs: only the whole '
+    'jobs (peak memory, time to accuracy); cpu_settings: training img/s on this CPU by '
+    'precision, thread pools, batch size and oneDNN; gpu: images/s per GPU by precision, '
+    'GPUs, XLA, steps per call.')
 flags.DEFINE_bool('quick', False, 'Small sizes: a smoke check of the code in a few minutes.')
 flags.DEFINE_string(
     'dataset', None, 'The data, as trainer.main\'s --dataset: default '
@@ -127,6 +128,16 @@ GPU_FULL = GpuSizes(image_size=64,
                     warmup_steps=30,
                     timed_steps=200,
                     fraction=1.0)
+CPU_SETTINGS_FULL = GpuSizes(image_size=32,
+                             batch_size_per_device=128,
+                             warmup_steps=5,
+                             timed_steps=20,
+                             fraction=1.0)
+CPU_SETTINGS_QUICK = GpuSizes(image_size=32,
+                              batch_size_per_device=16,
+                              warmup_steps=2,
+                              timed_steps=4,
+                              fraction=0.05)
 GPU_QUICK = GpuSizes(image_size=32,
                      batch_size_per_device=8,
                      warmup_steps=2,
@@ -153,12 +164,12 @@ class Children:
     self.total = total
     self.done = 0
 
-  def run(self, what, case, params, module='benchmarks.cases'):
+  def run(self, what, case, params, module='benchmarks.cases', env=None):
     self.done += 1
     print(f'[{self.done}/{self.total}] {what} ...', file=sys.stderr, flush=True)
     name = f'{self.done:02d}_{case}'
     args = [case, json.dumps(params)] if module == 'benchmarks.cases' else [json.dumps(params)]
-    return run_child(module, args, os.path.join(self.log_dir, name + '.log'))
+    return run_child(module, args, os.path.join(self.log_dir, name + '.log'), env=env)
 
 
 # ---- CPU suite
@@ -263,57 +274,81 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
 
 
 def jobs_suite(dataset, mnist_idx, sizes: JobSizes, level, max_epochs, children: Children):
+  # Time first: it needs the quiet machine; memory does not mind what else runs.
+  if mnist_idx:
+    rows, notes = time_to_accuracy(mnist_idx, sizes, level, max_epochs, children)
+  else:
+    rows = [
+        Row('Time to accuracy on real MNIST', 'skipped: needs --mnist_idx=DIR '
+            '(python ../shared/data/mnist_idx.py DIR)', '')
+    ]
+    notes = []
+  memory_rows, memory_notes, libs = whole_job_memory(dataset, sizes, children)
+  return memory_rows + rows, memory_notes + notes, libs
+
+
+def time_to_accuracy(mnist_idx, sizes: JobSizes, level, max_epochs, children: Children):
+  digits = dict(dataset=f'idx:{mnist_idx}',
+                fraction=sizes.fraction,
+                image_size=sizes.accuracy_image_size,
+                level=level)
+  ours = children.run(f'trainer.main to {level:.1%} validation accuracy',
+                      'time_to_accuracy_project',
+                      dict(digits, recipe=RECIPE, flags=list(sizes.project_flags)))
+  theirs = children.run(f'the article\'s recipe to {level:.1%} validation accuracy',
+                        'time_to_accuracy_article',
+                        dict(digits, max_epochs=1 if sizes.fraction < 1 else max_epochs))
+  row = _time_to_accuracy_row(ours, theirs, level, sizes.accuracy_image_size)
+  note = (f'Time to accuracy: seconds from process start until the end of the first epoch whose '
+          f'validation accuracy reaches {level:.1%}, on real MNIST ({mnist_idx}; the last 20% '
+          f'of train held out), {sizes.accuracy_image_size}x{sizes.accuracy_image_size}, random '
+          f'start. trainer.main runs `--flagfile={RECIPE} --weights=none` at its defaults '
+          f'(--precision=auto; its augmentation, label smoothing, warmup and cosine decay); the '
+          f'article\'s recipe is its preparation, DenseNet121 with a Flatten head, '
+          f'ImageDataGenerator rotation and zoom, batch {BATCH_SIZE} and Adam at Keras\'s defaults '
+          f'(the article names no optimizer), in float32, for at most {max_epochs} epochs. '
+          f'Validation accuracy by epoch, trainer.main: {_accuracies(ours)}; the article\'s: '
+          f'{_accuracies(theirs)}.')
+  return [row], [note]
+
+
+def whole_job_memory(dataset, sizes: JobSizes, children: Children):
   common = dict(dataset=dataset,
                 fraction=sizes.fraction,
                 image_size=sizes.memory_image_size,
                 batch_size=BATCH_SIZE,
                 steps=sizes.memory_steps)
-  project = children.run('whole job, trainer.main', 'whole_job_project', common)
+  project = children.run('whole job, trainer.main, float32', 'whole_job_project',
+                         dict(common, precision='float32'))
   article = children.run('whole job, the article\'s', 'whole_job_article', common)
-  ratio = article['peak_rss'] / project['peak_rss']
+  defaults = children.run('whole job, trainer.main, --precision=auto', 'whole_job_project',
+                          dict(common, precision='auto'))
+  size = f'{sizes.memory_image_size}x{sizes.memory_image_size}'
   rows = [
-      Row(
-          f'Whole job, peak resident memory (GiB): trainer.main vs the article\'s job, '
-          f'{sizes.memory_image_size}x{sizes.memory_image_size}, batch {BATCH_SIZE}',
-          f'{gib(project["peak_rss"]):.2f}', f'{gib(article["peak_rss"]):.2f}', ratio,
-          f'{ratio:.1f}x less', '>= 3x less', ratio >= 3)
+      _less_memory(
+          f'Whole job, peak resident memory (GiB): trainer.main in float32 vs the '
+          f'article\'s job, {size}, batch {BATCH_SIZE}', project, article),
+      _less_memory(
+          f'Whole job, peak resident memory (GiB): trainer.main at --precision=auto '
+          f'({defaults["precision"]}) vs the article\'s job', defaults, article),
   ]
   notes = [
       f'Whole job: each side from process start to its end: the data, the model, '
       f'{sizes.memory_steps} training steps at batch {BATCH_SIZE} with validation on every '
       f'held-out image, the test on every test image, and for trainer.main its checkpoints, '
       f'TensorBoard logs and the SavedModel export. The article\'s job prepares every image '
-      f'as float32 RGB in host memory and trains on ImageDataGenerator batches. Peak resident '
-      f'memory by phase, trainer.main: {_phases(project["phases"])}; the article\'s: '
-      f'{_phases(article["phases"])}.'
+      f'as float32 RGB in host memory and trains on ImageDataGenerator batches, in float32. '
+      f'Peak resident memory by phase (each phase\'s highest sample, every 10 ms), '
+      f'trainer.main in float32: {_phases(project["phases"])}; at --precision=auto: '
+      f'{_phases(defaults["phases"])}; the article\'s: {_phases(article["phases"])}.'
   ]
-  if mnist_idx:
-    digits = dict(dataset=f'idx:{mnist_idx}',
-                  fraction=sizes.fraction,
-                  image_size=sizes.accuracy_image_size,
-                  level=level)
-    ours = children.run(f'trainer.main to {level:.1%} validation accuracy',
-                        'time_to_accuracy_project',
-                        dict(digits, recipe=RECIPE, flags=list(sizes.project_flags)))
-    theirs = children.run(f'the article\'s recipe to {level:.1%} validation accuracy',
-                          'time_to_accuracy_article',
-                          dict(digits, max_epochs=1 if sizes.fraction < 1 else max_epochs))
-    rows.append(_time_to_accuracy_row(ours, theirs, level, sizes.accuracy_image_size))
-    notes.append(
-        f'Time to accuracy: seconds from process start until the end of the first epoch whose '
-        f'validation accuracy reaches {level:.1%}, on real MNIST ({mnist_idx}; the last 20% '
-        f'of train held out), {sizes.accuracy_image_size}x{sizes.accuracy_image_size}, random '
-        f'start. trainer.main runs `--flagfile={RECIPE} --weights=none` (its augmentation, '
-        f'label smoothing, warmup and cosine decay); the article\'s recipe is its '
-        f'preparation, DenseNet121 with a Flatten head, ImageDataGenerator rotation and zoom, '
-        f'batch {BATCH_SIZE} and Adam at Keras\'s defaults (the article names no optimizer). '
-        f'Validation accuracy by epoch, trainer.main: {_accuracies(ours)}; the article\'s: '
-        f'{_accuracies(theirs)}.')
-  else:
-    rows.append(
-        Row('Time to accuracy on real MNIST', 'skipped: needs --mnist_idx=DIR '
-            '(python ../shared/data/mnist_idx.py DIR)', ''))
   return rows, notes, project
+
+
+def _less_memory(measure, project, article):
+  ratio = article['peak_rss'] / project['peak_rss']
+  return Row(measure, f'{gib(project["peak_rss"]):.2f}', f'{gib(article["peak_rss"]):.2f}', ratio,
+             f'{ratio:.1f}x less')
 
 
 def _time_to_accuracy_row(ours, theirs, level, image_size):
@@ -351,6 +386,57 @@ def _at_least(measure, project, reference, target, unit, project_format, referen
              ratio_text, f'>= {target}{unit}', ratio >= target)
 
 
+# ---- CPU settings
+
+
+def cpu_settings_suite(dataset, sizes: GpuSizes, children: Children):
+  """trainer.main's defaults on this CPU against one change at a time."""
+  variants = [
+      ('--precision=float32', dict(precision='float32'), None),
+      ('one inter-op thread', dict(inter_op_threads=1), None),
+      ('one intra-op thread (a single core)', dict(intra_op_threads=1), None),
+      (f'{os.cpu_count()} intra-op threads, one inter-op thread',
+       dict(intra_op_threads=os.cpu_count(), inter_op_threads=1), None),
+      ('batch 64', dict(batch_size_per_device=64), None),
+      ('batch 256', dict(batch_size_per_device=256), None),
+      ('oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)', {}, {
+          'TF_ENABLE_ONEDNN_OPTS': '0'
+      }),
+  ]
+  children.total = 1 + len(variants)
+
+  def measure(what, env=None, **changes):
+    params = dict(dataclasses.asdict(sizes),
+                  dataset=dataset,
+                  precision='auto',
+                  num_gpus=0,
+                  xla=False,
+                  steps_per_execution=1,
+                  interpolation='bicubic')
+    return children.run(what, 'training_rate', dict(params, **changes), env=env)
+
+  reference = measure('trainer.main\'s defaults')
+  base = reference['images_per_second_per_device']
+  rows = [
+      Row(
+          f'Defaults: --precision=auto ({reference["precision"]}), TensorFlow\'s thread pools, '
+          f'batch {sizes.batch_size_per_device} (img/s)', f'{base:.1f}', '')
+  ]
+  for what, changes, env in variants:
+    result = measure(what, env=env, **changes)
+    rows.append(
+        _speedup(f'{what}, {result["precision"]} vs the defaults (img/s)',
+                 result['images_per_second_per_device'], base))
+  notes = [
+      f'Sizes: {sizes.image_size}x{sizes.image_size} images, batch '
+      f'{sizes.batch_size_per_device} unless the row says otherwise, {sizes.timed_steps} timed '
+      f'steps after {sizes.warmup_steps}; the project\'s pipeline, model and compile '
+      f'(benchmarks/cases.py training_rate), one child process a row, one after another: '
+      f'run it on a quiet machine. Rates are medians over steps.'
+  ]
+  return rows, notes, reference
+
+
 # ---- GPU suite
 
 
@@ -376,7 +462,7 @@ def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision,
              xla=False,
              steps_per_execution=1,
              interpolation='bicubic'), **config)
-    result = children.run(what, 'gpu_train',
+    result = children.run(what, 'training_rate',
                           dict(dataclasses.asdict(sizes), dataset=dataset, **params))
     return result if full_result else result['images_per_second_per_device']
 
@@ -475,7 +561,10 @@ def main(argv):
     if FLAGS.suite in ('cpu', 'jobs'):
       tables.append(('Whole jobs', *jobs_suite(
           dataset, FLAGS.mnist_idx, JOBS_QUICK if FLAGS.quick else JOBS_FULL, FLAGS.level,
-          FLAGS.max_epochs, Children(log_dir, 2 + 2 * bool(FLAGS.mnist_idx)))))
+          FLAGS.max_epochs, Children(log_dir, 3 + 2 * bool(FLAGS.mnist_idx)))))
+    if FLAGS.suite == 'cpu_settings':
+      tables.append(('CPU settings', *cpu_settings_suite(
+          dataset, CPU_SETTINGS_QUICK if FLAGS.quick else CPU_SETTINGS_FULL, Children(log_dir, 1))))
     if FLAGS.suite == 'gpu':
       tables.append(
           ('GPU suite', *gpu_suite(dataset, GPU_QUICK if FLAGS.quick else GPU_FULL,
