@@ -1,14 +1,18 @@
 """Benchmarks: the project against the article's approach, side by side in one run.
 
-  python -m benchmarks.run --suite=cpu            # the CPU table (estimated 8-10 min, 2 quiet cores)
+  python -m benchmarks.run --suite=cpu            # the CPU table, then the whole jobs' table
   python -m benchmarks.run --suite=cpu --quick    # a smoke check of the same code, small sizes
+  python -m benchmarks.run --suite=jobs --mnist_idx=DIR  # whole jobs: memory, time to accuracy
+  python -m benchmarks.run --suite=cpu_settings   # img/s here by precision, threads, batch, oneDNN
   python -m benchmarks.run --suite=gpu            # img/s per GPU: precision, GPUs, XLA, steps/call
+  python -m benchmarks.recipe_vs_script           # the recipe against a plain script, equal budget
   bash benchmarks/accuracy.sh                     # the article's two configurations, to the end
 
 run.py        the command line, the suites and the markdown table (imports no TensorFlow)
 cases.py      the measurements, each run in a child process of its own
 baseline.py   the article's approach: OpenCV resize to 64x64 RGB float32 in host memory, then
-              `fit` on the arrays
+              `fit` on the arrays; its model (Flatten head, Adam) and ImageDataGenerator
+recipe_vs_script.py  trainer.main's recipe against a plain tf_keras script on real digits
 bare_step.py  a bare script that builds the same model and takes one step (start-up reference)
 measure.py    child processes, peak memory, step timers' arithmetic, the machine's description
 accuracy.sh   trains configs/mnist_rgb.cfg and configs/mnist_conv.cfg to the end;
