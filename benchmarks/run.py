@@ -115,7 +115,8 @@ JOBS_QUICK = JobSizes(fraction=0.02,
 
 
 @dataclasses.dataclass(frozen=True)
-class GpuSizes:
+class RateSizes:
+  """Sizes of the training-rate suites (GPU, CPU settings)."""
   image_size: int
   batch_size_per_device: int
   warmup_steps: int
@@ -123,26 +124,26 @@ class GpuSizes:
   fraction: float
 
 
-GPU_FULL = GpuSizes(image_size=64,
-                    batch_size_per_device=128,
-                    warmup_steps=30,
-                    timed_steps=200,
-                    fraction=1.0)
-CPU_SETTINGS_FULL = GpuSizes(image_size=32,
-                             batch_size_per_device=128,
-                             warmup_steps=5,
-                             timed_steps=20,
-                             fraction=1.0)
-CPU_SETTINGS_QUICK = GpuSizes(image_size=32,
-                              batch_size_per_device=16,
-                              warmup_steps=2,
-                              timed_steps=4,
-                              fraction=0.05)
-GPU_QUICK = GpuSizes(image_size=32,
-                     batch_size_per_device=8,
-                     warmup_steps=2,
-                     timed_steps=4,
-                     fraction=0.05)
+GPU_FULL = RateSizes(image_size=64,
+                     batch_size_per_device=128,
+                     warmup_steps=30,
+                     timed_steps=200,
+                     fraction=1.0)
+CPU_SETTINGS_FULL = RateSizes(image_size=32,
+                              batch_size_per_device=128,
+                              warmup_steps=5,
+                              timed_steps=20,
+                              fraction=1.0)
+CPU_SETTINGS_QUICK = RateSizes(image_size=32,
+                               batch_size_per_device=16,
+                               warmup_steps=2,
+                               timed_steps=4,
+                               fraction=0.05)
+GPU_QUICK = RateSizes(image_size=32,
+                      batch_size_per_device=8,
+                      warmup_steps=2,
+                      timed_steps=4,
+                      fraction=0.05)
 
 
 @dataclasses.dataclass
@@ -389,7 +390,7 @@ def _at_least(measure, project, reference, target, unit, project_format, referen
 # ---- CPU settings
 
 
-def cpu_settings_suite(dataset, sizes: GpuSizes, children: Children):
+def cpu_settings_suite(dataset, sizes: RateSizes, children: Children):
   """trainer.main's defaults on this CPU against one change at a time."""
   variants = [
       ('--precision=float32', dict(precision='float32'), None),
@@ -440,7 +441,7 @@ def cpu_settings_suite(dataset, sizes: GpuSizes, children: Children):
 # ---- GPU suite
 
 
-def gpu_suite(dataset, sizes: GpuSizes, children: Children, num_gpus, precision, spe, quick):
+def gpu_suite(dataset, sizes: RateSizes, children: Children, num_gpus, precision, spe, quick):
   found = children.run('visible devices', 'devices', {})
   gpus = found['gpus']
   if gpus:
