@@ -8,6 +8,7 @@ for the two other pairs. Synthetic data trains in tests/test_train_modes.py.
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.download import downloader
 
 from helpers import (
     MOCK_EXAMPLES,
@@ -34,6 +35,18 @@ def test_no_data_and_no_network_ends_in_seconds_naming_both_fixes(tmp_path):
   assert '--from_idx=IDX_DIR' in line
   # tfds alone retries for 204 s; the rest of this budget is starting Python and TensorFlow.
   assert seconds < 60, seconds
+
+
+def test_download_threads_still_starting_after_a_failure_fail_fast_too(tmp_path, monkeypatch):
+  """tfds downloads each file in a thread of its own; after the first failure ends the
+  download, threads that only start then must not retry for minutes behind the error line
+  (seen on a loaded machine: 10 retries, 200 s, the error line no longer the last)."""
+  # Restored after the test, whatever the download left.
+  monkeypatch.setattr(downloader, 'MAX_RETRIES', downloader.MAX_RETRIES)
+  block_network(monkeypatch)
+  with pytest.raises(UserError, match="could not download 'mnist'"):
+    data.download_and_prepare(tfds.builder('mnist', data_dir=str(tmp_path)))
+  assert downloader.MAX_RETRIES == 0
 
 
 def test_a_dataset_that_is_not_image_classification_is_refused_before_any_download(

@@ -122,11 +122,11 @@ def _fail_fast_downloads(socket_timeout_s=60):
   saved = downloader.MAX_RETRIES, socket.getdefaulttimeout()
   downloader.MAX_RETRIES = 0
   socket.setdefaulttimeout(socket_timeout_s)
-  try:
-    yield
-  finally:
-    downloader.MAX_RETRIES = saved[0]
-    socket.setdefaulttimeout(saved[1])
+  yield
+  # Restored only after a success: after a failure, tfds's download threads that start
+  # late (on a loaded machine) must fail at once too, not retry behind the error line.
+  downloader.MAX_RETRIES = saved[0]
+  socket.setdefaulttimeout(saved[1])
 
 
 def image_classification_features(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
