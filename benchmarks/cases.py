@@ -207,7 +207,7 @@ def whole_job_project(p):
   memory = MemoryByPhase()
   for module, name, phase in [(data, 'load_splits', 'data'), (train, 'build_model', 'model'),
                               (train, 'train_stage', 'training and validation'),
-                              (runs, 'restore', 'test'), (export, 'export_model', 'export')]:
+                              (runs, 'restore', 'test'), (export, 'export_run', 'export')]:
     _enter_phase_on_call(memory, module, name, phase)
   run_dir = tempfile.mkdtemp(prefix='benchmark_run_')
   _run_main([

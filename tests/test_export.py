@@ -12,6 +12,7 @@ from trainer import evaluate, export, runs
 from trainer.config import DatasetInfo
 from trainer.errors import UserError
 from trainer.keras_lib import keras
+from trainer.model import backbone_of
 
 MNIST_SHAPE = (28, 28, 1)
 
@@ -84,6 +85,22 @@ def test_export_command_needs_only_the_run_folder(tiny_run, tmp_path, raw_digits
   serve = tf.saved_model.load(os.path.join(run_dir, runs.EXPORT_DIR)).signatures[export.SIGNATURE]
   probabilities = serve(images=tf.constant(raw_digits))['probabilities'].numpy()
   np.testing.assert_allclose(probabilities, keras_probabilities, atol=1e-5)
+
+
+def test_a_mixed_precision_run_exports_a_float32_model(tiny_run, tmp_path, raw_digits,
+                                                       keras_probabilities):
+  """Served in float32 whatever the training precision (serving machines may lack fast
+  bfloat16), and the same model whichever way it was exported."""
+  run_dir = copy_run(tiny_run, tmp_path / 'run', 'config.json', runs.DATASET_FILE, 'checkpoints')
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')  # as trainer.main leaves it
+  export.export_run(run_dir)
+  assert keras.mixed_precision.global_policy().name == 'mixed_bfloat16'  # restored
+  kept = keras.models.load_model(os.path.join(run_dir, runs.KERAS_MODEL_FILE))
+  assert {layer.compute_dtype for layer in backbone_of(kept).layers} == {'float32'}
+  serve = tf.saved_model.load(os.path.join(run_dir, runs.EXPORT_DIR)).signatures[export.SIGNATURE]
+  np.testing.assert_allclose(serve(images=tf.constant(raw_digits))['probabilities'].numpy(),
+                             keras_probabilities,
+                             atol=1e-6)
 
 
 # ---- Bad input

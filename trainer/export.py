@@ -4,7 +4,7 @@ The model carries its own preprocessing, so a client sends 28x28x1 bytes for an
 MNIST digit and gets probabilities back; nothing about resizing, channels or
 ImageNet statistics leaks into serving code.
 
-Training exports at its end. To export again from a run's best checkpoint (an
+Training exports its best checkpoint at its end, in float32. To export again from a run's best checkpoint (an
 interrupted run, or one trained with --noexport):
 
   python -m trainer.export --run_dir=runs/NAME
@@ -62,8 +62,18 @@ def serving_signature(model: keras.Model) -> tf.types.experimental.PolymorphicFu
 
 
 def export_run(run_dir: str) -> str:
-  """Exports a run folder's best checkpoint into that folder; returns the SavedModel's path."""
-  return export_model(runs.load_best_model(run_dir), run_dir)
+  """Exports a run folder's best checkpoint into that folder, computing in float32 whatever
+  precision trained it; returns the SavedModel's path."""
+  # float32 because the machines that serve may lack fast bfloat16 or float16 (a CPU without
+  # them computes those in software, several times slower), and so the model that training
+  # exports is the one this command exports later from the same checkpoint.
+  trained_policy = keras.mixed_precision.global_policy()
+  keras.mixed_precision.set_global_policy('float32')
+  try:
+    model = runs.load_best_model(run_dir)
+  finally:
+    keras.mixed_precision.set_global_policy(trained_policy)
+  return export_model(model, run_dir)
 
 
 def main(_: List[str]) -> None:

@@ -85,8 +85,9 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
     print(f'Test accuracy: {metrics["test_accuracy"]:.4f}')
     callbacks.log_hparams(runs.log_dir(out), config, metrics,
                           keras.mixed_precision.global_policy().name, strategy.num_replicas_in_sync)
-    if config.export:
-      export.export_model(model, out)
+    # A model of its own, built outside the strategy: only the chief needs to write it.
+    if config.export and chief:
+      export.export_run(out)
     runs.write_metrics(out, metrics)
   return metrics
 
