@@ -316,6 +316,7 @@ def _add_training_callback(callback):
 def _enter_phase_on_call(memory, module, name, phase):
   original = getattr(module, name)
 
+  # The export restores the best checkpoint too: MemoryByPhase does not go back to 'test'.
   def wrapped(*args, **kwargs):
     memory.enter(phase)
     return original(*args, **kwargs)

@@ -77,7 +77,8 @@ def rss_bytes():
 class MemoryByPhase:
   """The peak resident memory of each phase of a job, sampled by a thread every few ms.
 
-  A phase lasts from `enter(name)` to the next `enter`; `peaks()` lists them in order.
+  A phase lasts from `enter(name)` to the next `enter` of a new phase; `peaks()` lists them
+  in order.
   Samples can miss a spike shorter than the interval; `peak_rss_bytes` cannot.
   """
 
@@ -90,6 +91,9 @@ class MemoryByPhase:
     self._thread.start()
 
   def enter(self, phase):
+    """Starts `phase`; a phase already seen is not entered again (phases only advance)."""
+    if phase in self._peaks:
+      return
     self._record()
     self.phase = phase
     self._record()
