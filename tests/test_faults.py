@@ -68,6 +68,7 @@ def test_a_second_trainer_on_a_folder_is_refused_and_sigterm_ends_the_first_in_o
     (['--dataset=../../etc/passwd'], 'is not a tensorflow-datasets name'),
     (['--flagfile=no/such.cfg'], 'check the path given to --flagfile'),
     (['positional'], "unexpected arguments ['positional']"),
+    (['--freeze_batchnorm'], 'give pretrained --weights or drop --freeze_batchnorm'),
 ])
 def test_bad_input_ends_in_one_line(tmp_path, argv, expected):
   result, _ = run_offline('trainer.main', '--weights=none', f'--run_dir={tmp_path / "run"}', *argv)

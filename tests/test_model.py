@@ -76,3 +76,20 @@ def test_augmentation_changes_images_only_in_training():
   images = digits()
   np.testing.assert_allclose(preprocess(images, training=False), preprocess(images, training=False))
   assert not np.allclose(preprocess(images, training=True), preprocess(images, training=False))
+
+
+@pytest.mark.parametrize('freeze', [False, True])
+def test_backbone_batchnorm_moves_at_the_set_momentum_unless_frozen(freeze):
+  model = build_model(
+      ModelConfig(image_size=IMAGE_SIZE, batchnorm_momentum=0.5, freeze_batchnorm=freeze),
+      (28, 28, 1), 10)
+  backbone = backbone_of(model)
+  first_bn = backbone.get_layer('conv1/bn')
+  images = digits()
+  seen = keras.Model(backbone.input,
+                     backbone.get_layer('conv1/conv').output)(preprocessing_model(model)(images))
+  model(images, training=True)
+  # Moving means start at 0, so one step at momentum 0.5 leaves half the batch mean.
+  expected = np.zeros(64) if freeze else 0.5 * np.mean(seen, axis=(0, 1, 2))
+  np.testing.assert_allclose(first_bn.moving_mean, expected, atol=1e-5)
+  assert first_bn.gamma.trainable  # frozen statistics, not frozen weights: the guide's way

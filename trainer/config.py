@@ -50,6 +50,10 @@ class ModelConfig:
                                       'weights sooner.',
                                       lower=0.0,
                                       upper=0.999)
+  freeze_batchnorm: bool = setting(
+      False, "Keep the backbone's BatchNorm layers in inference mode while it trains (the "
+      "Keras fine-tuning guide's choice): the start's statistics stay as they are. Needs a "
+      'pretrained start.')
   interpolation: str = setting('bicubic', 'Resize method.', choices=INTERPOLATIONS)
   augment: bool = setting(False, 'Random rotation, zoom and shift in training.')
   rotation_degrees: float = setting(10.0, 'Largest random rotation.', lower=0.0, upper=180.0)

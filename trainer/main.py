@@ -29,6 +29,12 @@ flags.register_multi_flags_validator(
     message='--frozen_epochs must be below --epochs for --train_mode=two_stage; '
     'lower --frozen_epochs or raise --epochs')
 
+flags.register_multi_flags_validator(
+    ['freeze_batchnorm', 'weights'],
+    lambda f: not f['freeze_batchnorm'] or f['weights'] != 'none',
+    message='--freeze_batchnorm keeps the start\'s BatchNorm statistics, and --weights=none '
+    'has none; give pretrained --weights or drop --freeze_batchnorm')
+
 
 def _is_step_range(text):
   """'' (none), 'N' or 'FIRST,LAST' with 1 <= FIRST <= LAST: what keras' profile_batch takes."""

@@ -42,11 +42,12 @@ def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
   for layer in backbone.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
       layer.momentum = config.batchnorm_momentum
-  # Called without `training=`, unlike the Keras fine-tuning guide (which keeps BatchNorm in
-  # inference mode after unfreezing): BatchNormalization then follows `trainable`, so a
-  # frozen backbone normalises with its ImageNet statistics while a fine-tuned one adapts
-  # them to the new domain, which for 28x28 digits is far from ImageNet.
-  x = backbone(x)
+  # By default called without `training=`, unlike the Keras fine-tuning guide (which keeps
+  # BatchNorm in inference mode after unfreezing): BatchNormalization then follows
+  # `trainable`, so a frozen backbone normalises with its ImageNet statistics while a
+  # fine-tuned one adapts them to the new domain, which for 28x28 digits is far from
+  # ImageNet. --freeze_batchnorm is the guide's way (benchmarks/RESULTS.md compares them).
+  x = backbone(x, training=False) if config.freeze_batchnorm else backbone(x)
   x = _head(config.head)(x)
   if config.dropout:
     x = keras.layers.Dropout(config.dropout, name='dropout')(x)
