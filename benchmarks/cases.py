@@ -205,6 +205,7 @@ def whole_job_project(p):
   """trainer.main from its flags to its export: `steps` training steps, then validation, the
   test and the export on every image; the peak resident memory of each phase."""
   memory = MemoryByPhase()
+  # The export restores the best checkpoint too, and stays 'export': phases only advance.
   for module, name, phase in [(data, 'load_splits', 'data'), (train, 'build_model', 'model'),
                               (train, 'train_stage', 'training and validation'),
                               (runs, 'restore', 'test'), (export, 'export_run', 'export')]:
@@ -316,7 +317,6 @@ def _add_training_callback(callback):
 def _enter_phase_on_call(memory, module, name, phase):
   original = getattr(module, name)
 
-  # The export restores the best checkpoint too: MemoryByPhase does not go back to 'test'.
   def wrapped(*args, **kwargs):
     memory.enter(phase)
     return original(*args, **kwargs)

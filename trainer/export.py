@@ -4,8 +4,8 @@ The model carries its own preprocessing, so a client sends 28x28x1 bytes for an
 MNIST digit and gets probabilities back; nothing about resizing, channels or
 ImageNet statistics leaks into serving code.
 
-Training exports its best checkpoint at its end, in float32. To export again from a run's best checkpoint (an
-interrupted run, or one trained with --noexport):
+Training exports its best checkpoint at its end, in float32. To export again from a
+run's best checkpoint (an interrupted run, or one trained with --noexport):
 
   python -m trainer.export --run_dir=runs/NAME
 
