@@ -1,4 +1,5 @@
-"""--train_mode (finetune, transfer, two_stage), the learning-rate schedule and label smoothing.
+"""--train_mode (finetune, transfer, two_stage), the learning-rate schedule, weight decay and
+label smoothing.
 
 The DenseNet121 run trains on synthetic data, which is also this suite's check that
 --dataset=synthetic trains.
@@ -207,3 +208,43 @@ def test_the_flags_reach_the_compiled_model():
     assert backbone.trainable == stage.backbone_trainable
     schedule = model.optimizer.get_config()['learning_rate']['config']
     assert math.isclose(schedule['warmup_target'], peak * run.batch_size / REFERENCE_BATCH_SIZE)
+
+
+# ---- Weight decay.
+
+
+def test_weight_decay_shrinks_kernels_by_the_rate_and_spares_batchnorm_and_biases():
+  run = config(weight_decay=0.5,
+               learning_rate=0.1,
+               batch_size=REFERENCE_BATCH_SIZE,
+               warmup_epochs=0)
+  images = keras.Input((4,))
+  backbone = keras.Sequential(
+      [keras.layers.Dense(3), keras.layers.BatchNormalization()], name='densenet121')
+  model = keras.Model(images, keras.layers.Dense(2, name='logits')(backbone(images)))
+  train.compile_for_stage(model,
+                          Stage('finetune', 0, 1, True, 0.1),
+                          run,
+                          steps_per_epoch=10,
+                          num_classes=2)
+  before = [v.numpy() for v in model.trainable_variables]
+  # Zero gradients: Adam moves nothing, so every change is the decay's (rate 0.1 at step 0).
+  model.optimizer.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])
+  for variable, old in zip(model.trainable_variables, before):
+    decayed = 'kernel' in variable.name
+    np.testing.assert_allclose(variable.numpy(),
+                               old * (1 - 0.5 * 0.1) if decayed else old,
+                               rtol=1e-6,
+                               err_msg=variable.name)
+
+
+def test_no_weight_decay_is_plain_adam():
+  images = keras.Input((4,))
+  backbone = keras.Sequential([keras.layers.Dense(3)], name='densenet121')
+  model = keras.Model(images, backbone(images))
+  train.compile_for_stage(model,
+                          Stage('finetune', 0, 1, True, 0.1),
+                          config(),
+                          steps_per_epoch=10,
+                          num_classes=3)
+  assert model.optimizer.weight_decay is None

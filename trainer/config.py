@@ -102,6 +102,11 @@ class TrainConfig:
                                           lower=0.0)
   warmup_epochs: float = setting(1.0, 'Linear warmup before the cosine decay.', lower=0.0)
   label_smoothing: float = setting(0.0, 'Label smoothing of the loss.', lower=0.0, upper=0.5)
+  weight_decay: float = setting(0.0, 'Decoupled weight decay (AdamW): each step shrinks the '
+                                'weights by this times the learning rate. BatchNorm and biases '
+                                'are exempt. 0: plain Adam.',
+                                lower=0.0,
+                                upper=1.0)
   steps_per_epoch: int = setting(0, 'Steps per epoch; 0 for a full pass.', lower=0)
   eval_steps: int = setting(0, 'Batches of validation and test data; 0 for all.', lower=0)
   seed: int = setting(0,

@@ -137,8 +137,7 @@ def train_stage(model: keras.Model, stage: Stage, config: TrainConfig, splits: d
 def compile_for_stage(model: keras.Model, stage: Stage, config: TrainConfig, steps_per_epoch: int,
                       num_classes: int) -> None:
   set_backbone_trainable(model, stage.backbone_trainable)
-  model.compile(optimizer=keras.optimizers.Adam(
-      learning_rate_schedule(stage, config, steps_per_epoch)),
+  model.compile(optimizer=optimizer(stage, config, steps_per_epoch),
                 loss=SmoothedCrossentropy(num_classes, config.label_smoothing),
                 metrics=[
                     keras.metrics.SparseCategoricalAccuracy(name='accuracy'),
@@ -146,6 +145,18 @@ def compile_for_stage(model: keras.Model, stage: Stage, config: TrainConfig, ste
                 ],
                 jit_compile=config.jit_compile,
                 steps_per_execution=config.steps_per_execution)
+
+
+def optimizer(stage: Stage, config: TrainConfig,
+              steps_per_epoch: int) -> keras.optimizers.Optimizer:
+  """Adam on the stage's schedule; with --weight_decay, AdamW's decoupled decay."""
+  adam = keras.optimizers.Adam(learning_rate_schedule(stage, config, steps_per_epoch),
+                               weight_decay=config.weight_decay or None)
+  if config.weight_decay:
+    # BatchNorm's scales and offsets and the biases are few and set where a layer's outputs
+    # sit rather than what it fits; the usual AdamW practice leaves them undecayed.
+    adam.exclude_from_weight_decay(var_names=['gamma', 'beta', 'bias'])
+  return adam
 
 
 def learning_rate_schedule(stage: Stage, config: TrainConfig,
