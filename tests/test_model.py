@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from trainer.config import ModelConfig
 from trainer.keras_lib import keras
-from trainer.model import backbone_of, build_model, preprocessing_model
+from trainer.model import backbone_of, build_model, preprocessing_model, without_augmentation
 
 IMAGE_SIZE = 32
 
@@ -76,6 +76,12 @@ def test_augmentation_changes_images_only_in_training():
   images = digits()
   np.testing.assert_allclose(preprocess(images, training=False), preprocess(images, training=False))
   assert not np.allclose(preprocess(images, training=True), preprocess(images, training=False))
+  assert not np.allclose(augmented(images, training=True), augmented(images, training=True))
+  # The same weights without the augmentation: repeatable in training mode too.
+  plain = without_augmentation(augmented)
+  assert {id(v) for v in plain.weights} == {id(v) for v in augmented.weights}
+  np.testing.assert_allclose(plain(images, training=True), plain(images, training=True))
+  np.testing.assert_allclose(plain(images, training=False), augmented(images, training=False))
 
 
 def first_batchnorm_step(model):

@@ -16,16 +16,19 @@ from trainer import runs
 from trainer.config import TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
-from trainer.model import preprocessing_model
+from trainer.model import preprocessing_model, without_augmentation
 
 NUM_LOGGED_IMAGES = 8
 
 
 def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backbone_trainable: bool,
-                       steps_per_epoch: int,
-                       best_so_far: Optional[float]) -> List[keras.callbacks.Callback]:
-  """`out_dir` is the run folder on the chief, a throwaway folder on other workers."""
+                       steps_per_epoch: int, best_so_far: Optional[float],
+                       train_batches: tf.data.Dataset) -> List[keras.callbacks.Callback]:
+  """`out_dir` is the run folder on the chief, a throwaway folder on other workers;
+  `train_batches`: un-augmented training batches, for recalibrating BatchNorm."""
+  recalibration = min(config.recalibrate_batchnorm, steps_per_epoch)
   return [
+      *([RecalibrateBatchNorm(train_batches, recalibration)] if recalibration else []),
       EpochScalars(backbone_trainable),  # first: it adds to the logs the others write
       # Before anything is written for an epoch that cannot be trusted.
       StopOnBadEpoch(),
@@ -84,6 +87,58 @@ class Throughput(keras.callbacks.Callback):
     with self.writer.as_default():
       tf.summary.scalar('epoch_examples_per_second', rate, step=epoch)
     self.writer.flush()
+
+
+class RecalibrateBatchNorm(keras.callbacks.Callback):
+  """Before each validation, sets every BatchNorm layer's moving mean and variance to the
+  average of its batch statistics over the first `num_batches` of `batches` ("precise BN").
+
+  Training leaves moving averages of augmented batches, partly from weights that have
+  moved on since; validation and the test see un-augmented digits through the current
+  weights. The same batches every time, so a resumed run recalibrates as an uninterrupted
+  one does. Layers in inference mode (a frozen backbone, --freeze_batchnorm) keep theirs.
+  """
+
+  def __init__(self, batches: tf.data.Dataset, num_batches: int):
+    super().__init__()
+    self.batches = batches.map(lambda images, labels: images)
+    self.num_batches = num_batches
+    self.step = None
+
+  def on_test_begin(self, logs=None):
+    layers = [
+        layer for layer in self.model.submodules
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    statistics = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+    momenta = [layer.momentum for layer in layers]
+    # Momentum 0: each step leaves one batch's statistics behind, and the loop averages them.
+    for layer in layers:
+      layer.momentum = 0.0
+    try:
+      averages = self._average_batch_statistics(statistics)
+    finally:
+      for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    for variable, average in zip(statistics, averages):
+      variable.assign(average)
+
+  def _average_batch_statistics(self, statistics):
+    strategy = self.model.distribute_strategy
+    if self.step is None:  # traced once a stage, while the momenta are 0
+      plain = without_augmentation(self.model)
+
+      @tf.function
+      def step(images):
+        strategy.run(lambda x: plain(x, training=True), args=(images,))
+        return [v.read_value() for v in statistics]
+
+      self.step = step
+    batches = iter(strategy.experimental_distribute_dataset(self.batches))
+    totals = [tf.zeros_like(v) for v in statistics]
+    for _ in range(self.num_batches):
+      totals = [total + value for total, value in zip(totals, self.step(next(batches)))]
+    return [total / self.num_batches for total in totals]
 
 
 class StopOnBadEpoch(keras.callbacks.Callback):

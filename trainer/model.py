@@ -15,6 +15,8 @@ from trainer.resize import MatmulResize
 
 BACKBONE = 'densenet121'  # the name keras.applications gives the nested model
 BACKBONE_INPUT = 'backbone_input'  # the adapter's last layer: what the backbone sees
+SCALE = 'scale'  # the first layer: uint8 to [0, 1]
+RESIZE = 'resize'  # the first layer after the augmentation
 # keras.applications.densenet.preprocess_input ("torch" mode) on [0, 1] pixels.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,7 +26,7 @@ def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
                 num_classes: int) -> keras.Model:
   """The whole classifier; the backbone starts random, see trainer/weights.py for ImageNet."""
   images = keras.Input(shape=input_shape, dtype='uint8', name='images')
-  x = keras.layers.Rescaling(1 / 255, dtype='float32', name='scale')(images)
+  x = keras.layers.Rescaling(1 / 255, dtype='float32', name=SCALE)(images)
   if config.augment:
     x = augmentation(config)(x)
   # Two matrix products, not tf.image.resize: the same values, and XLA compiles them
@@ -33,7 +35,7 @@ def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
                    config.image_size,
                    config.interpolation,
                    dtype='float32',
-                   name='resize')(x)
+                   name=RESIZE)(x)
   x = _adapter(x, config.adapter, channels=input_shape[-1])
   backbone = keras.applications.DenseNet121(include_top=False,
                                             weights=None,
@@ -101,6 +103,13 @@ def backbone_of(model: keras.Model) -> keras.Model:
 def preprocessing_model(model: keras.Model) -> keras.Model:
   """The part of `model` before the backbone: shows the images as the backbone sees them."""
   return keras.Model(model.input, model.get_layer(BACKBONE_INPUT).output, name='preprocessing')
+
+
+def without_augmentation(model: keras.Model) -> keras.Model:
+  """`model` with its layers and weights but no augmentation, even in training mode."""
+  images = keras.Input(model.input.shape[1:], dtype=model.input.dtype, name='images')
+  after_augmentation = keras.Model(model.get_layer(RESIZE).input, model.output)
+  return keras.Model(images, after_augmentation(model.get_layer(SCALE)(images)), name='plain')
 
 
 def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:

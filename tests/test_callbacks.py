@@ -1,0 +1,42 @@
+"""trainer/callbacks.py's BatchNorm recalibration; the other callbacks are tested where a run
+uses them (test_runs, test_faults, test_resume)."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer.callbacks import RecalibrateBatchNorm
+from trainer.config import ModelConfig
+from trainer.keras_lib import keras
+from trainer.model import backbone_of, build_model, set_backbone_trainable
+
+
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_recalibration_averages_unaugmented_batch_statistics_in_training_layers_only(replicas):
+  keras.utils.set_random_seed(0)
+  # Two replicas: the two logical CPUs of conftest.py, each normalising half of every batch.
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'][:replicas])
+  with strategy.scope():
+    model = build_model(ModelConfig(image_size=32, adapter='conv', augment=True), (28, 28, 1), 10)
+  set_backbone_trainable(model, False)  # its BatchNorm layers then run in inference mode
+  images = np.random.default_rng(0).integers(0, 256, (24, 28, 28, 1), dtype=np.uint8)
+  batches = tf.data.Dataset.from_tensor_slices((images, np.zeros(24))).batch(8).repeat()
+  stem_bn, backbone_bn = model.get_layer('stem_bn'), backbone_of(model).get_layer('conv1/bn')
+  backbone_mean = backbone_bn.moving_mean.numpy()
+
+  callback = RecalibrateBatchNorm(batches, num_batches=3)
+  callback.set_model(model)
+  callback.on_test_begin()
+
+  # What the stem's BatchNorm sees: the stem convolution of the un-augmented images, in
+  # parts of 8 / replicas.
+  stem = keras.Model(model.input, model.get_layer('stem_conv').output)
+  seen = np.split(stem(images, training=False).numpy(), 3 * replicas)
+  np.testing.assert_allclose(stem_bn.moving_mean,
+                             np.mean([s.mean((0, 1, 2)) for s in seen], 0),
+                             rtol=1e-4)
+  np.testing.assert_allclose(stem_bn.moving_variance,
+                             np.mean([s.var((0, 1, 2)) for s in seen], 0),
+                             rtol=1e-3)
+  np.testing.assert_array_equal(backbone_bn.moving_mean, backbone_mean)
+  # The momenta training uses are back.
+  assert stem_bn.momentum == 0.99 and backbone_bn.momentum == ModelConfig().batchnorm_momentum
