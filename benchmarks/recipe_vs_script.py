@@ -67,7 +67,10 @@ PLAIN_UNFROZEN_LEARNING_RATE = PLAIN_LEARNING_RATE / 10  # the recipe's 10:1 for
 FROZEN_EPOCHS = 1
 # Flag changes tried against the recipe. --learning_rate is the peak for a batch of 256
 # (x 64/256 here); two_stage's unfrozen rate moves with it, keeping the recipe's 10:1.
-VARIANTS = {'lr x2': ['--learning_rate=8e-3', '--unfrozen_learning_rate=8e-4']}
+VARIANTS = {
+    'lr x2': ['--learning_rate=8e-3', '--unfrozen_learning_rate=8e-4'],
+    'no BatchNorm recalibration': ['--recalibrate_batchnorm=0'],
+}
 # Only from a pretrained start: a random one has no statistics to keep.
 PRETRAINED_VARIANTS = {"frozen BatchNorm (the Keras guide's way)": ['--freeze_batchnorm']}
 OTHER_MODES = {
