@@ -6,6 +6,7 @@
   python -m benchmarks.run --suite=cpu_settings   # img/s here by precision, threads, batch, oneDNN
   python -m benchmarks.run --suite=gpu            # img/s per GPU: precision, GPUs, XLA, steps/call
   python -m benchmarks.recipe_vs_script           # the recipe against a plain script, equal budget
+  python -m benchmarks.recalibration RUN_DIR...   # BatchNorm recalibration on finished runs
   bash benchmarks/accuracy.sh                     # the article's two configurations, to the end
 
 run.py        the command line, the suites and the markdown table (imports no TensorFlow)
@@ -13,6 +14,7 @@ cases.py      the measurements, each run in a child process of its own
 baseline.py   the article's approach: OpenCV resize to 64x64 RGB float32 in host memory, then
               `fit` on the arrays; its model (Flatten head, Adam) and ImageDataGenerator
 recipe_vs_script.py  trainer.main's recipe against a plain tf_keras script on real digits
+recalibration.py  finished runs' validation accuracy before and after BatchNorm recalibration
 bare_step.py  a bare script that builds the same model and takes one step (start-up reference)
 measure.py    child processes, peak memory, step timers' arithmetic, the machine's description
 accuracy.sh   trains configs/mnist_rgb.cfg and configs/mnist_conv.cfg to the end;

@@ -4,6 +4,7 @@ import re
 import pytest
 
 import helpers
+from benchmarks import recalibration
 
 
 @pytest.mark.slow
@@ -35,3 +36,8 @@ def test_jobs_suite_measures_memory_and_time_to_accuracy_on_both_sides(tmp_path)
   # Where each job's memory goes, phase by phase.
   for phase in ('data', 'model', 'training and validation', 'test', 'export'):
     assert f'{phase} ' in table
+
+
+def test_recalibration_evaluates_a_finished_run_as_saved_and_recalibrated(tiny_run, mock_mnist):
+  accuracies = recalibration.validation_accuracies(tiny_run, [1, 2])
+  assert len(accuracies) == 3 and all(0 <= accuracy <= 1 for accuracy in accuracies)
