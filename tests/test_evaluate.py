@@ -140,13 +140,15 @@ def test_throughput_is_logged_every_epoch(tiny_run):
 
 
 def test_profile_steps_write_a_profile_for_the_profile_tab(tmp_path):
-  # A small model through the run's callbacks: what is under test is the wiring, not DenseNet.
-  config = TrainConfig(run_dir=str(tmp_path), profile_steps='2,3')
+  # A small model through the run's callbacks: what is under test is the wiring, not DenseNet
+  # (which has BatchNorm layers to recalibrate; this model has none).
+  config = TrainConfig(run_dir=str(tmp_path), profile_steps='2,3', recalibrate_batchnorm=0)
   model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation='softmax')])
   model.compile('adam',
                 'sparse_categorical_crossentropy',
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
   features, labels = np.zeros((16, 4)), np.zeros(16)
+  batches = tf.data.Dataset.from_tensor_slices((features, labels)).batch(4)
   log_dir = str(tmp_path / 'logs')
   model.fit(features,
             labels,
@@ -158,7 +160,8 @@ def test_profile_steps_write_a_profile_for_the_profile_tab(tmp_path):
                                                    'finetune',
                                                    True,
                                                    steps_per_epoch=4,
-                                                   best_so_far=None))
+                                                   best_so_far=None,
+                                                   train_batches=batches))
   profiles = [
       name for _, _, names in os.walk(log_dir) for name in names if name.endswith('.xplane.pb')
   ]

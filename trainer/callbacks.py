@@ -28,7 +28,6 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backb
   `train_batches`: un-augmented training batches, for recalibrating BatchNorm."""
   recalibration = min(config.recalibrate_batchnorm, steps_per_epoch)
   return [
-      *([RecalibrateBatchNorm(train_batches, recalibration)] if recalibration else []),
       EpochScalars(backbone_trainable),  # first: it adds to the logs the others write
       # Before anything is written for an epoch that cannot be trusted.
       StopOnBadEpoch(),
@@ -50,6 +49,8 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backb
       # so that an epoch counts as done only once its checkpoint and history are written
       # (a resumed run trims history rows of epochs the backup did not record).
       keras.callbacks.BackupAndRestore(runs.backup_dir(config.run_dir, stage_name)),
+      # Acts as validation begins, not at the epoch's end: its place here does not matter.
+      *([RecalibrateBatchNorm(train_batches, recalibration)] if recalibration else []),
   ]
 
 
