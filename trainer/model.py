@@ -16,6 +16,7 @@ from trainer.resize import MatmulResize
 BACKBONE = 'densenet121'  # the name keras.applications gives the nested model
 BACKBONE_INPUT = 'backbone_input'  # the adapter's last layer: what the backbone sees
 SCALE = 'scale'  # the first layer: uint8 to [0, 1]
+AUGMENT = 'augment'
 RESIZE = 'resize'  # the first layer after the augmentation
 # keras.applications.densenet.preprocess_input ("torch" mode) on [0, 1] pixels.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,7 +67,7 @@ def augmentation(config: ModelConfig) -> keras.Sequential:
       keras.layers.RandomZoom((-config.zoom, config.zoom), **fill),
       keras.layers.RandomTranslation(config.translate, config.translate, **fill),
   ],
-                          name='augment')
+                          name=AUGMENT)
 
 
 def _adapter(x, adapter, channels):
@@ -107,6 +108,8 @@ def preprocessing_model(model: keras.Model) -> keras.Model:
 
 def without_augmentation(model: keras.Model) -> keras.Model:
   """`model` with its layers and weights but no augmentation, even in training mode."""
+  if AUGMENT not in [layer.name for layer in model.layers]:
+    return model
   images = keras.Input(model.input.shape[1:], dtype=model.input.dtype, name='images')
   after_augmentation = keras.Model(model.get_layer(RESIZE).input, model.output)
   return keras.Model(images, after_augmentation(model.get_layer(SCALE)(images)), name='plain')
