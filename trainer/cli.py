@@ -136,6 +136,9 @@ def run(main: Callable[[list], None],
     except UserError as e:
       sys.exit(f'error: {e}')
     except KeyboardInterrupt:
+      # TensorFlow may still warn as the interrupted objects are collected at exit (a
+      # half-used checkpoint's unmatched values); the error must stay the last line.
+      python_logging.getLogger('tensorflow').setLevel(python_logging.ERROR)
       sys.exit(f'error: interrupted; {on_interrupt}')
 
   app.run(main_with_clear_errors, flags_parser=parse_flags)
