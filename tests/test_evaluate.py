@@ -148,7 +148,7 @@ def test_profile_steps_write_a_profile_for_the_profile_tab(tmp_path):
                 'sparse_categorical_crossentropy',
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
   features, labels = np.zeros((16, 4)), np.zeros(16)
-  batches = tf.data.Dataset.from_tensor_slices((features, labels)).batch(4)
+  train_split = tf.data.Dataset.from_tensor_slices((features, labels))
   log_dir = str(tmp_path / 'logs')
   model.fit(features,
             labels,
@@ -161,7 +161,7 @@ def test_profile_steps_write_a_profile_for_the_profile_tab(tmp_path):
                                                    True,
                                                    steps_per_epoch=4,
                                                    best_so_far=None,
-                                                   train_batches=batches))
+                                                   train_split=train_split))
   profiles = [
       name for _, _, names in os.walk(log_dir) for name in names if name.endswith('.xplane.pb')
   ]

@@ -12,7 +12,7 @@ from typing import List, Optional
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from trainer import runs
+from trainer import data, runs
 from trainer.config import TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
@@ -23,10 +23,15 @@ NUM_LOGGED_IMAGES = 8
 
 def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backbone_trainable: bool,
                        steps_per_epoch: int, best_so_far: Optional[float],
-                       train_batches: tf.data.Dataset) -> List[keras.callbacks.Callback]:
+                       train_split: tf.data.Dataset) -> List[keras.callbacks.Callback]:
   """`out_dir` is the run folder on the chief, a throwaway folder on other workers;
-  `train_batches`: un-augmented training batches, for recalibrating BatchNorm."""
+  `train_split`, unbatched, feeds the BatchNorm recalibration."""
   recalibration = min(config.recalibrate_batchnorm, steps_per_epoch)
+  # Batched only when recalibration is on: the stream holds its own copy of the split.
+  recalibrate = [
+      RecalibrateBatchNorm(data.training_batches(train_split, config.batch_size, seed=config.seed),
+                           recalibration)
+  ] if recalibration else []
   return [
       EpochScalars(backbone_trainable),  # first: it adds to the logs the others write
       # Before anything is written for an epoch that cannot be trusted.
@@ -50,7 +55,7 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backb
       # (a resumed run trims history rows of epochs the backup did not record).
       keras.callbacks.BackupAndRestore(runs.backup_dir(config.run_dir, stage_name)),
       # Acts as validation begins, not at the epoch's end: its place here does not matter.
-      *([RecalibrateBatchNorm(train_batches, recalibration)] if recalibration else []),
+      *recalibrate,
   ]
 
 

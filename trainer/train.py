@@ -123,10 +123,9 @@ def train_stage(model: keras.Model, stage: Stage, config: TrainConfig, splits: d
       validation_steps=data.num_examples(validation),
       # A progress bar on a terminal; in a log file, one line per epoch.
       verbose=1 if sys.stdout.isatty() else 2,
-      callbacks=callbacks.training_callbacks(
-          config, out, stage.name, stage.backbone_trainable, steps,
-          runs.best_validation_accuracy(config.run_dir),
-          data.training_batches(splits.train, config.batch_size, seed=config.seed)))
+      callbacks=callbacks.training_callbacks(config, out, stage.name, stage.backbone_trainable,
+                                             steps, runs.best_validation_accuracy(config.run_dir),
+                                             splits.train))
   # BackupAndRestore forgets a stage once it ends, so a finished stage leaves its
   # weights behind for a resumed run to start the next one from (or, after the
   # last stage, to go straight to the test instead of training again).
