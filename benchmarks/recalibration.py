@@ -8,9 +8,10 @@ A run trained with --recalibrate_batchnorm (the default) already holds recalibra
 """
 from typing import List, Sequence
 
-from absl import app, flags
+from absl import flags
 
-from trainer import callbacks, data, evaluate, runs
+from trainer import callbacks, cli, data, evaluate, runs
+from trainer.errors import UserError
 
 flags.DEFINE_list('batches', ['50', '200'], 'Training batches to recalibrate over, a column each.')
 flags.register_validator('batches',
@@ -42,15 +43,17 @@ def validation_accuracies(run_dir: str, batch_counts: Sequence[int]) -> List[flo
   return accuracies
 
 
-def main(argv: List[str]) -> None:
+def main(run_dirs: List[str]) -> None:
+  if not run_dirs:
+    raise UserError('name the finished run folders to evaluate, e.g. runs/mnist_rgb')
   counts = [int(count) for count in FLAGS.batches]
   print('| Run | Validation accuracy as saved | ' +
         ' | '.join(f'Recalibrated over {count} batches' for count in counts) + ' |')
   print('| --- |' + ' ---: |' * (1 + len(counts)))
-  for run_dir in argv[1:]:
+  for run_dir in run_dirs:
     accuracies = validation_accuracies(run_dir, counts)
     print(f'| {run_dir} | ' + ' | '.join(f'{a:.4f}' for a in accuracies) + ' |', flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, takes_arguments=True)
