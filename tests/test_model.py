@@ -110,3 +110,13 @@ def test_frozen_batchnorm_keeps_its_statistics_and_trains_its_scale():
   np.testing.assert_array_equal(after, before)
   # Frozen statistics, not frozen weights: the Keras guide's way.
   assert backbone_of(model).get_layer('conv1/bn').gamma.trainable
+
+
+def test_a_copy_stem_starts_by_passing_the_gray_digit_to_all_three_channels():
+  model = build_model(ModelConfig(image_size=IMAGE_SIZE, adapter='conv', stem_init='copy'),
+                      (28, 28, 1), 10)
+  stem = keras.Model(model.input, model.get_layer('stem_conv').output)
+  resized = model.get_layer('resize').output
+  images = digits()
+  expected = keras.Model(model.input, resized)(images)
+  np.testing.assert_allclose(stem(images), np.repeat(expected, 3, axis=-1), atol=1e-6)

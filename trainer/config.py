@@ -9,6 +9,7 @@ from typing import Any, Optional, Tuple
 
 ADAPTERS = ('rgb', 'conv')
 HEADS = ('gap', 'flatten')
+STEM_INITS = ('copy', 'random')
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
 TRAIN_MODES = ('finetune', 'transfer', 'two_stage')
 PRECISIONS = ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')
@@ -41,6 +42,10 @@ class ModelConfig:
   adapter: str = setting('rgb', 'rgb: copy gray to three channels; conv: a learned '
                          'Conv2D(3)+BatchNorm+ReLU stem.',
                          choices=ADAPTERS)
+  stem_init: str = setting(
+      'random', "conv adapter: copy: the stem starts by passing the image's channels through "
+      '(gray copied to all three), as the rgb adapter does; random: Keras\'s default draw.',
+      choices=STEM_INITS)
   head: str = setting('gap', 'gap: global average pooling; flatten: as the article.', choices=HEADS)
   dropout: float = setting(0.0, 'Dropout before the classifier.', lower=0.0, upper=0.9)
   # 0.9, not Keras's 0.99: at small budgets 0.99 left the statistics so far behind the

@@ -9,6 +9,9 @@ and resizing in float16 would round the pixels the pretrained weights expect.
 """
 from typing import Tuple
 
+import numpy as np
+import tensorflow as tf
+
 from trainer.config import ADAPTERS, HEADS, ModelConfig
 from trainer.keras_lib import keras
 from trainer.resize import MatmulResize
@@ -37,7 +40,7 @@ def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
                    config.interpolation,
                    dtype='float32',
                    name=RESIZE)(x)
-  x = _adapter(x, config.adapter, channels=input_shape[-1])
+  x = _adapter(x, config.adapter, config.stem_init, channels=input_shape[-1])
   backbone = keras.applications.DenseNet121(include_top=False,
                                             weights=None,
                                             input_shape=(config.image_size, config.image_size, 3))
@@ -70,7 +73,7 @@ def augmentation(config: ModelConfig) -> keras.Sequential:
                           name=AUGMENT)
 
 
-def _adapter(x, adapter, channels):
+def _adapter(x, adapter, stem_init, channels):
   """Maps [0, 1] images with `channels` channels to the 3 channels DenseNet121 takes."""
   if adapter == 'rgb':
     # Gray copied to three channels (the article's first method), colour passed
@@ -83,10 +86,27 @@ def _adapter(x, adapter, channels):
                                       name=BACKBONE_INPUT)(x)
   if adapter == 'conv':
     # A learned stem (the article's second method): C channels in, 3 out.
-    x = keras.layers.Conv2D(3, 3, padding='same', name='stem_conv')(x)
+    initializer = CopyChannels() if stem_init == 'copy' else 'glorot_uniform'
+    x = keras.layers.Conv2D(3, 3, padding='same', kernel_initializer=initializer,
+                            name='stem_conv')(x)
     x = keras.layers.BatchNormalization(name='stem_bn')(x)
     return keras.layers.ReLU(name=BACKBONE_INPUT)(x)
   raise ValueError(f'unknown adapter {adapter!r}; expected one of {ADAPTERS}')
+
+
+@keras.saving.register_keras_serializable(package='trainer')
+class CopyChannels(keras.initializers.Initializer):
+  """A conv kernel whose output channel o is input channel o mod C at the centre tap: gray
+  copied to three channels, colour passed through. A stem that starts so shows the backbone
+  what the rgb adapter shows it, instead of three random filterings of the digit, which a
+  ReLU can blank out for the whole run (conv's wide spread between seeds, RESULTS.md)."""
+
+  def __call__(self, shape, dtype=None, **kwargs):
+    rows, cols, channels_in, channels_out = shape
+    kernel = np.zeros(shape, np.float32)
+    for out in range(channels_out):
+      kernel[rows // 2, cols // 2, out % channels_in, out] = 1.0
+    return tf.constant(kernel, dtype=dtype or tf.float32)
 
 
 def _head(head):
