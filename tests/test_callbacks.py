@@ -1,13 +1,13 @@
-"""trainer/callbacks.py's BatchNorm recalibration; the other callbacks are tested where a run
-uses them (test_runs, test_faults, test_resume)."""
+"""trainer/callbacks.py's BatchNorm recalibration and the end of augmentation; the other
+callbacks are tested where a run uses them (test_runs, test_faults, test_resume)."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.callbacks import RecalibrateBatchNorm
+from trainer.callbacks import RecalibrateBatchNorm, StopAugmentation
 from trainer.config import ModelConfig
 from trainer.keras_lib import keras
-from trainer.model import backbone_of, build_model, set_backbone_trainable
+from trainer.model import AUGMENT, Augmentation, backbone_of, build_model, set_backbone_trainable
 
 
 @pytest.mark.parametrize('replicas', [1, 2])
@@ -40,3 +40,38 @@ def test_recalibration_averages_unaugmented_batch_statistics_in_training_layers_
   np.testing.assert_array_equal(backbone_bn.moving_mean, backbone_mean)
   # The momenta training uses are back.
   assert stem_bn.momentum == 0.99 and backbone_bn.momentum == ModelConfig().batchnorm_momentum
+
+
+class MeanSeen(keras.layers.Layer):
+  """Passes its input through and keeps the mean of the last batch it saw."""
+
+  def build(self, input_shape):
+    self.mean = self.add_weight(name='mean', shape=(), trainable=False, initializer='zeros')
+
+  def call(self, inputs):
+    self.mean.assign(tf.reduce_mean(inputs))
+    return inputs
+
+
+@pytest.mark.parametrize('replicas', [1, 2])
+def test_training_sees_unaugmented_images_from_the_epoch_augmentation_stops(replicas):
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'][:replicas])
+  with strategy.scope():
+    images = keras.Input((4,))
+    # A stand-in augmentation whose effect is plain to see: it adds 100, in training only.
+    shifted = Augmentation(
+        [keras.layers.Lambda(lambda x, training=None: x + 100.0 if training else x)],
+        name=AUGMENT)(images)
+    probe = MeanSeen()
+    model = keras.Model(images, keras.layers.Dense(1)(probe(shifted)))
+    model.compile('sgd', 'mse')
+  means = []
+  record = keras.callbacks.LambdaCallback(
+      on_epoch_end=lambda epoch, logs: means.append(float(probe.mean.numpy())))
+  model.fit(np.ones((8, 4)),
+            np.zeros(8),
+            batch_size=8,
+            epochs=4,
+            verbose=0,
+            callbacks=[StopAugmentation(first_epoch=2), record])
+  np.testing.assert_allclose(means, [101, 101, 1, 1])

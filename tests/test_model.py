@@ -5,7 +5,13 @@ import tensorflow as tf
 
 from trainer.config import ModelConfig
 from trainer.keras_lib import keras
-from trainer.model import backbone_of, build_model, preprocessing_model, without_augmentation
+from trainer.model import (
+    backbone_of,
+    build_model,
+    preprocessing_model,
+    stop_augmentation,
+    without_augmentation,
+)
 
 IMAGE_SIZE = 32
 
@@ -82,6 +88,10 @@ def test_augmentation_changes_images_only_in_training():
   assert {id(v) for v in plain.weights} == {id(v) for v in augmented.weights}
   np.testing.assert_allclose(plain(images, training=True), plain(images, training=True))
   np.testing.assert_allclose(plain(images, training=False), augmented(images, training=False))
+  # Stopped: training-mode calls traced from then on see the images as they are.
+  assert stop_augmentation(augmented) and not stop_augmentation(augmented)
+  np.testing.assert_allclose(preprocess(images, training=True), preprocess(images, training=False))
+  assert not stop_augmentation(plain)
 
 
 def first_batchnorm_step(model):

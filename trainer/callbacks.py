@@ -16,7 +16,7 @@ from trainer import data, runs
 from trainer.config import TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
-from trainer.model import preprocessing_model, without_augmentation
+from trainer.model import preprocessing_model, stop_augmentation, without_augmentation
 
 NUM_LOGGED_IMAGES = 8
 
@@ -32,6 +32,8 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backb
       RecalibrateBatchNorm(data.training_batches(train_split, config.batch_size, seed=config.seed),
                            recalibration)
   ] if recalibration else []
+  unaugmented = [StopAugmentation(config.epochs - config.unaugmented_epochs)
+                ] if config.model.augment and config.unaugmented_epochs else []
   return [
       EpochScalars(backbone_trainable),  # first: it adds to the logs the others write
       # Before anything is written for an epoch that cannot be trusted.
@@ -56,6 +58,8 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backb
       keras.callbacks.BackupAndRestore(runs.backup_dir(config.run_dir, stage_name)),
       # Acts as validation begins, not at the epoch's end: its place here does not matter.
       *recalibrate,
+      # Acts as an epoch begins.
+      *unaugmented,
   ]
 
 
@@ -145,6 +149,24 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     for _ in range(self.num_batches):
       totals = [total + value for total, value in zip(totals, self.step(next(batches)))]
     return [total / self.num_batches for total in totals]
+
+
+class StopAugmentation(keras.callbacks.Callback):
+  """From epoch `first_epoch` (0-based) on, training sees un-augmented images.
+
+  Rotated, zoomed and shifted digits are resampled, so they are blurred and placed as
+  validation and test digits never are; epochs on plain digits at the schedule's low tail
+  leave the weights fitted to what they will be evaluated on.
+  """
+
+  def __init__(self, first_epoch: int):
+    super().__init__()
+    self.first_epoch = first_epoch
+
+  def on_epoch_begin(self, epoch, logs=None):
+    if epoch >= self.first_epoch and stop_augmentation(self.model):
+      # fit calls model.train_function at each step; the one it made has the augmentation.
+      self.model.train_function = self.model.make_train_function(force=True)
 
 
 class StopOnBadEpoch(keras.callbacks.Callback):

@@ -112,6 +112,10 @@ class TrainConfig:
                                 'are exempt. 0: plain Adam.',
                                 lower=0.0,
                                 upper=1.0)
+  unaugmented_epochs: int = setting(
+      0, 'With --augment, the last N epochs train on un-augmented images, as validation and '
+      'the test see them (the training step is traced again once, as they begin).',
+      lower=0)
   steps_per_epoch: int = setting(0, 'Steps per epoch; 0 for a full pass.', lower=0)
   # On by default: on finished real-MNIST runs it raised validation accuracy without any
   # training (benchmarks/RESULTS.md, BatchNorm recalibration).

@@ -65,12 +65,34 @@ def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
 def augmentation(config: ModelConfig) -> keras.Sequential:
   """Random rotation, zoom and shift at the stored size (cheap), active only in training."""
   fill = dict(fill_mode='constant', fill_value=0.0, dtype='float32')
-  return keras.Sequential([
+  return Augmentation([
       keras.layers.RandomRotation(config.rotation_degrees / 360, **fill),
       keras.layers.RandomZoom((-config.zoom, config.zoom), **fill),
       keras.layers.RandomTranslation(config.translate, config.translate, **fill),
   ],
-                          name=AUGMENT)
+                      name=AUGMENT)
+
+
+@keras.saving.register_keras_serializable(package='trainer')
+class Augmentation(keras.Sequential):
+  """Its layers, in training only, and only while `enabled`: a step traced once it is off
+  trains on the images as they are (see `stop_augmentation`)."""
+  enabled = True
+
+  def call(self, inputs, training=None, mask=None):
+    if not self.enabled:
+      return inputs
+    return super().call(inputs, training=training, mask=mask)
+
+
+def stop_augmentation(model: keras.Model) -> bool:
+  """Turns `model`'s augmentation off for the steps traced from now on; False if it had none
+  left to turn off."""
+  layer = next((layer for layer in model.layers if layer.name == AUGMENT), None)
+  if layer is None or not layer.enabled:
+    return False
+  layer.enabled = False
+  return True
 
 
 def _adapter(x, adapter, stem_init, channels):
