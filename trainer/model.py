@@ -120,8 +120,9 @@ def _adapter(x, adapter, stem_init, channels):
 class CopyChannels(keras.initializers.Initializer):
   """A conv kernel whose output channel o is input channel o mod C at the centre tap: gray
   copied to three channels, colour passed through. A stem that starts so shows the backbone
-  what the rgb adapter shows it, instead of three random filterings of the digit, which a
-  ReLU can blank out for the whole run (conv's wide spread between seeds, RESULTS.md)."""
+  the image itself, normalised by the stem's BatchNorm (the ReLU clips the below-average
+  background to 0), close to what the rgb adapter shows it, instead of three random filterings
+  of the image that the ReLU half blanks out."""
 
   def __call__(self, shape, dtype=None, **kwargs):
     rows, cols, channels_in, channels_out = shape
