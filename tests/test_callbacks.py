@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.callbacks import RecalibrateBatchNorm, StopAugmentation
-from trainer.config import ModelConfig
+from trainer.callbacks import RecalibrateBatchNorm, StopAugmentation, unaugmented_epoch_count
+from trainer.config import ModelConfig, TrainConfig
 from trainer.keras_lib import keras
 from trainer.model import AUGMENT, Augmentation, backbone_of, build_model, set_backbone_trainable
 
@@ -75,3 +75,10 @@ def test_training_sees_unaugmented_images_from_the_epoch_augmentation_stops(repl
             verbose=0,
             callbacks=[StopAugmentation(first_epoch=2), record])
   np.testing.assert_allclose(means, [101, 101, 1, 1])
+
+
+@pytest.mark.parametrize('fraction, epochs, expected', [(0.2, 10, 2), (0.3, 10, 3), (0.2, 2, 0),
+                                                        (0.5, 3, 1), (0.9, 10, 9)])
+def test_the_unaugmented_fraction_is_whole_epochs_rounded_down(fraction, epochs, expected):
+  config = TrainConfig(epochs=epochs, unaugmented_fraction=fraction)
+  assert unaugmented_epoch_count(config) == expected

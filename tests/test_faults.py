@@ -71,6 +71,7 @@ def test_a_second_trainer_on_a_folder_is_refused_and_sigterm_ends_the_first_in_o
     (['--freeze_batchnorm'], 'give pretrained --weights or drop --freeze_batchnorm'),
     (['--recalibrate_batchnorm=-1'], '--recalibrate_batchnorm=-1: -1 is not a non-negative'),
     (['--weight_decay=2'], '--weight_decay=2: 2.0 is not a number in the range'),
+    (['--unaugmented_fraction=1'], '--unaugmented_fraction=1: 1.0 is not a number in the range'),
 ])
 def test_bad_input_ends_in_one_line(tmp_path, argv, expected):
   result, _ = run_offline('trainer.main', '--weights=none', f'--run_dir={tmp_path / "run"}', *argv)

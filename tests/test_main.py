@@ -47,9 +47,10 @@ def test_a_finished_run_leaves_logs_checkpoint_and_metrics(tiny_run):
 
 def test_conv_adapter_trains_end_to_end(mock_mnist, tmp_path, notop_weights_file, capsys):
   run_dir = str(tmp_path / 'conv')
-  metrics = train_with_flags(*TINY_FLAGS, '--adapter=conv', '--augment', '--unaugmented_epochs=1',
-                             '--head=flatten', f'--weights={notop_weights_file}',
-                             f'--run_dir={run_dir}', f'--data_dir={tmp_path / "tfds"}')
+  metrics = train_with_flags(*TINY_FLAGS, '--adapter=conv', '--augment',
+                             '--unaugmented_fraction=0.5', '--head=flatten',
+                             f'--weights={notop_weights_file}', f'--run_dir={run_dir}',
+                             f'--data_dir={tmp_path / "tfds"}')
   out = capsys.readouterr().out
   assert f'Test accuracy: {metrics["test_accuracy"]:.4f}' in out
   assert 'Test loss : ' in out

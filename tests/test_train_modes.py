@@ -158,12 +158,6 @@ def test_frozen_epochs_must_be_below_epochs(tmp_path):
   assert '--frozen_epochs must be below --epochs for --train_mode=two_stage' in error_line(result)
 
 
-def test_unaugmented_epochs_must_be_below_epochs(tmp_path):
-  result, _ = run_offline('trainer.main', '--augment', '--epochs=3', '--unaugmented_epochs=3',
-                          f'--run_dir={tmp_path / "run"}')
-  assert '--unaugmented_epochs must be below --epochs' in error_line(result)
-
-
 # ---- The learning rate: warmup, then cosine decay, peak scaled with the global batch.
 
 

@@ -32,8 +32,9 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backb
       RecalibrateBatchNorm(data.training_batches(train_split, config.batch_size, seed=config.seed),
                            recalibration)
   ] if recalibration else []
-  unaugmented = [StopAugmentation(config.epochs - config.unaugmented_epochs)
-                ] if config.model.augment and config.unaugmented_epochs else []
+  unaugmented_epochs = unaugmented_epoch_count(config)
+  unaugmented = [StopAugmentation(config.epochs - unaugmented_epochs)
+                ] if config.model.augment and unaugmented_epochs else []
   return [
       EpochScalars(backbone_trainable),  # first: it adds to the logs the others write
       # Before anything is written for an epoch that cannot be trusted.
@@ -149,6 +150,11 @@ class RecalibrateBatchNorm(keras.callbacks.Callback):
     for _ in range(self.num_batches):
       totals = [total + value for total, value in zip(totals, self.step(next(batches)))]
     return [total / self.num_batches for total in totals]
+
+
+def unaugmented_epoch_count(config: TrainConfig) -> int:
+  # Rounded after a few decimals, so that 0.3 of 10 epochs is 3, not 2.9999999999999996.
+  return math.floor(round(config.unaugmented_fraction * config.epochs, 6))
 
 
 class StopAugmentation(keras.callbacks.Callback):

@@ -114,10 +114,13 @@ class TrainConfig:
                                 'are exempt. 0: plain Adam.',
                                 lower=0.0,
                                 upper=1.0)
-  unaugmented_epochs: int = setting(
-      0, 'With --augment, the last N epochs train on un-augmented images, as validation and '
-      'the test see them (the training step is traced again once, as they begin).',
-      lower=0)
+  # A fraction, not a count: the recipe's share holds when --epochs changes.
+  unaugmented_fraction: float = setting(
+      0.0, 'With --augment, this last fraction of the epochs (rounded down to whole epochs) '
+      'trains on un-augmented images, as validation and the test see them; the training step '
+      'is traced again once, as they begin.',
+      lower=0.0,
+      upper=0.9)
   steps_per_epoch: int = setting(0, 'Steps per epoch; 0 for a full pass.', lower=0)
   # On by default: on finished real-MNIST runs it raised validation accuracy without any
   # training (benchmarks/RESULTS.md, BatchNorm recalibration).

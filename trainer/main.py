@@ -28,11 +28,6 @@ flags.register_multi_flags_validator(
     lambda f: f['train_mode'] != 'two_stage' or f['frozen_epochs'] < f['epochs'],
     message='--frozen_epochs must be below --epochs for --train_mode=two_stage; '
     'lower --frozen_epochs or raise --epochs')
-flags.register_multi_flags_validator(
-    ['unaugmented_epochs', 'epochs'],
-    lambda f: f['unaugmented_epochs'] < f['epochs'],
-    message='--unaugmented_epochs must be below --epochs (some epochs train augmented); '
-    'lower --unaugmented_epochs or raise --epochs')
 
 flags.register_multi_flags_validator(
     ['freeze_batchnorm', 'weights'],
