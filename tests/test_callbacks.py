@@ -55,7 +55,10 @@ class MeanSeen(keras.layers.Layer):
 
 @pytest.mark.parametrize('replicas', [1, 2])
 def test_training_sees_unaugmented_images_from_the_epoch_augmentation_stops(replicas):
-  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'][:replicas])
+  # Not collective ops: a second strategy in the same process (test_distribution's) numbers its
+  # collectives from the same keys, and one of another shape under a key aborts them.
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'][:replicas],
+                                            cross_device_ops=tf.distribute.ReductionToOneDevice())
   with strategy.scope():
     images = keras.Input((4,))
     # A stand-in augmentation whose effect is plain to see: it adds 100, in training only.
