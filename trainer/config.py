@@ -45,8 +45,9 @@ class ModelConfig:
   # copy: from a random start on real MNIST it raised conv's validation accuracy at seed 0 and
   # its mean over two seeds (benchmarks/RESULTS.md, fifth round).
   stem_init: str = setting(
-      'copy', "conv adapter: copy: the stem starts by passing the image's channels through "
-      '(gray copied to all three), as the rgb adapter does; random: Keras\'s default draw.',
+      'copy', "conv adapter: copy: the stem's convolution starts by passing the image's "
+      'channels through (gray copied to all three, as the rgb adapter copies it); random: '
+      'Keras\'s default draw.',
       choices=STEM_INITS)
   head: str = setting('gap', 'gap: global average pooling; flatten: as the article.', choices=HEADS)
   dropout: float = setting(0.0, 'Dropout before the classifier.', lower=0.0, upper=0.9)
