@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from trainer import idx, main
 
@@ -39,6 +40,31 @@ def event_tags(log_dir):
     for event in tf.compat.v1.train.summary_iterator(path):
       tags.update(value.tag for value in event.summary.value)
   return tags
+
+
+def event_values(log_dir, tag):
+  """[(step, value, wall time)] of scalar `tag` in the event files directly in `log_dir`."""
+  found = []
+  for path in tf.io.gfile.glob(os.path.join(log_dir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag:
+          found.append((event.step, float(tf.make_ndarray(value.tensor)), event.wall_time))
+  return sorted(found)
+
+
+def hparams_session(log_dir):
+  """(wall time, group name, {hparam: value}) of the HParams session start in `log_dir`."""
+  for path in tf.io.gfile.glob(os.path.join(log_dir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == 'hparams':
+          data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+          if data.HasField('session_start_info'):
+            start = data.session_start_info
+            hparams = {name: getattr(v, v.WhichOneof('kind')) for name, v in start.hparams.items()}
+            return event.wall_time, start.group_name, hparams
+  return None
 
 
 # ---- IDX files

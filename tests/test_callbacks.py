@@ -1,10 +1,13 @@
 """trainer/callbacks.py's BatchNorm recalibration and the end of augmentation; the other
 callbacks are tested where a run uses them (test_runs, test_faults, test_resume)."""
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.callbacks import RecalibrateBatchNorm, StopAugmentation, unaugmented_epoch_count
+from helpers import event_values
+from trainer.callbacks import RecalibrateBatchNorm, StopAugmentation, Throughput, unaugmented_epoch_count
 from trainer.config import ModelConfig, TrainConfig
 from trainer.keras_lib import keras
 from trainer.model import AUGMENT, Augmentation, backbone_of, build_model, set_backbone_trainable
@@ -85,3 +88,20 @@ def test_training_sees_unaugmented_images_from_the_epoch_augmentation_stops(repl
 def test_the_unaugmented_fraction_is_whole_epochs_rounded_down(fraction, epochs, expected):
   config = TrainConfig(epochs=epochs, unaugmented_fraction=fraction)
   assert unaugmented_epoch_count(config) == expected
+
+
+def test_throughput_times_the_training_steps_not_the_validation(tmp_path):
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+  model.compile('sgd', 'mse')
+  throughput = Throughput(str(tmp_path), examples_per_epoch=8)
+  slow_validation = keras.callbacks.LambdaCallback(on_test_begin=lambda logs: time.sleep(3))
+  model.fit(
+      np.ones((8, 2)),
+      np.zeros(8),
+      validation_data=(np.ones((2, 2)), np.zeros(2)),
+      epochs=2,  # the second: no tracing in its step
+      verbose=0,
+      callbacks=[throughput, slow_validation])
+  assert throughput.training_seconds < 3
+  _, (_, rate, _) = event_values(str(tmp_path / 'train'), 'epoch_examples_per_second')
+  assert rate == pytest.approx(8 / throughput.training_seconds, rel=1e-3)

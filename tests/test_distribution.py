@@ -245,6 +245,19 @@ def test_every_multi_worker_layout_is_accepted(cluster, task):
         'type': 'evaluator',
         'index': 0
     }, 'TF_CONFIG makes this task an evaluator'),
+    ({
+        'chief': ['c:2222'],
+        'worker': ['w1']
+    }, {
+        'type': 'chief',
+        'index': 0
+    }, "TF_CONFIG's cluster.worker has 'w1', not a \"host:port\" address"),
+    ({
+        'worker': ['w0:2222', 'w1:http']
+    }, {
+        'type': 'worker',
+        'index': 0
+    }, "TF_CONFIG's cluster.worker has 'w1:http'"),
 ])
 def test_a_tf_config_typo_is_refused_in_one_line(cluster, task, problem):
   with pytest.raises(UserError, match=re.escape(problem)) as refused:

@@ -159,9 +159,10 @@ def test_profile_steps_write_a_profile_for_the_profile_tab(tmp_path):
                                                    str(tmp_path),
                                                    'finetune',
                                                    True,
+                                                   keras.optimizers.schedules.CosineDecay(1e-3, 4),
                                                    steps_per_epoch=4,
-                                                   best_so_far=None,
-                                                   train_split=train_split))
+                                                   train_split=train_split,
+                                                   settings_text=''))
   profiles = [
       name for _, _, names in os.walk(log_dir) for name in names if name.endswith('.xplane.pb')
   ]
@@ -173,7 +174,7 @@ def test_profile_steps_flag_is_checked_and_may_change_on_resume(tmp_path):
   flags.FLAGS(['trainer.main', '--profile_steps=10,12', f'--run_dir={tmp_path}'])
   config = main.config_from_flags()
   assert config.profile_steps == '10,12'
-  runs.record_config(config, flags_text='')
+  runs.record_config(config.run_dir, config, flags_text='')
   runs.check_resumable(dataclasses.replace(config, profile_steps=''))  # no error
   flags.FLAGS.unparse_flags()
   with pytest.raises(flags.IllegalFlagValueError):

@@ -1,7 +1,9 @@
 """Faults as a hostile user meets them: each ends in one line and loses nothing finished."""
 import csv
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -9,7 +11,8 @@ import time
 import pytest
 
 from helpers import REPO, error_line, run_offline, run_python
-from trainer import runs
+from trainer import evaluate, runs
+from trainer.errors import UserError
 
 # A run long enough to interfere with: epochs of 40 steps on synthetic digits.
 LONG_RUN = [
@@ -46,7 +49,7 @@ def test_a_second_trainer_on_a_folder_is_refused_and_sigterm_ends_the_first_in_o
     # Keras prints "Epoch 2/3" once the first epoch's history row is written.
     wait_for(lambda: 'Epoch 2/3' in log.read_text(), first, log, 'the first epoch')
     second, _ = run_offline('trainer.main', *LONG_RUN, f'--run_dir={run_dir}')
-    assert f'{run_dir} is in use by process' in error_line(second)
+    assert f'{run_dir} is in use by {socket.gethostname()} pid' in error_line(second)
     first.send_signal(signal.SIGTERM)
     first.wait(timeout=120)
   finally:
@@ -78,10 +81,21 @@ def test_bad_input_ends_in_one_line(tmp_path, argv, expected):
   assert expected in error_line(result)
 
 
-def test_a_failed_start_leaves_no_settings_that_refuse_the_corrected_command(tmp_path):
+@pytest.mark.parametrize('argv, expected', [
+    (['--weights=/nonexistent.h5'], '--weights=/nonexistent.h5: no such file'),
+    (['--weights=GARBAGE'], 'is not a readable .h5 file'),
+    (['--batch_size=100000'], 'is larger than the 48000 training examples'),
+    (['--image_size=100000'], '--image_size=100000: 100000 is not'),
+])
+def test_a_failed_start_leaves_no_settings_that_refuse_the_corrected_command(
+    tmp_path, argv, expected):
+  garbage = tmp_path / 'garbage.h5'
+  garbage.write_text('not HDF5')
+  argv = [arg.replace('GARBAGE', str(garbage)) for arg in argv]
   run_dir = tmp_path / 'run'
-  result, _ = run_offline('trainer.main', '--weights=/nonexistent.h5', f'--run_dir={run_dir}')
-  assert '--weights=/nonexistent.h5: no such file' in error_line(result)
+  result, _ = run_offline('trainer.main', '--dataset=synthetic', '--weights=none', *argv,
+                          f'--run_dir={run_dir}')
+  assert expected in error_line(result)
   assert not (run_dir / runs.CONFIG_FILE).exists()
   assert not (run_dir / runs.LOCK_FILE).exists()
 
@@ -129,9 +143,15 @@ die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 class Kill(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     die()
+class KillAtTrainEnd(keras.callbacks.Callback):
+  def on_train_end(self, logs=None):
+    die()
 if kill_at == 'export':
   export_model = export.export_model
   export.export_model = lambda *args: (export_model(*args), die())
+elif kill_at == 'train_end':
+  training_callbacks = callbacks.training_callbacks
+  callbacks.training_callbacks = lambda *args: training_callbacks(*args) + [KillAtTrainEnd()]
 else:
   training_callbacks = callbacks.training_callbacks
   callbacks.training_callbacks = lambda *args: (
@@ -150,8 +170,9 @@ KILL_RUN = [
     [
         '2',  # after the epoch checks, before the best checkpoint
         '4',  # after the checkpoint and the history row, before TensorBoard
-        '6',  # after everything but BackupAndRestore: the history is ahead of the backup
-        '7',  # after BackupAndRestore
+        '6',  # after everything but the epoch checkpoint: the history is ahead of it
+        '7',  # after the epoch checkpoint
+        'train_end',  # after every callback's end of training, before the run goes on
         'export',  # after the SavedModel, before metrics.json
     ])
 def test_a_run_killed_anywhere_resumes_to_one_clean_history(tmp_path, kill_at):
@@ -162,8 +183,77 @@ def test_a_run_killed_anywhere_resumes_to_one_clean_history(tmp_path, kill_at):
   again = run_python('-m', 'trainer.main', *KILL_RUN, f'--run_dir={run_dir}', timeout=900)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'could not be found' not in again.stderr  # the checkpoints load without warnings
+  if kill_at in ('7', 'train_end', 'export'):  # killed after epoch 1's checkpoint
+    assert 'Epoch 1/2' not in again.stdout + again.stderr  # a finished epoch never trains again
   with open(run_dir / runs.HISTORY_FILE) as f:
     rows = list(csv.DictReader(f))
   assert [row['epoch'] for row in rows] == ['0', '1'], rows
   assert all(row['val_accuracy'] for row in rows)
   assert (run_dir / runs.METRICS_FILE).exists() and (run_dir / runs.EXPORT_DIR).exists()
+
+
+# ---- Disks that refuse writes: a small tmpfs, mounted by the test where the machine lets it.
+
+
+def _mount_tmpfs(path, size):
+  path.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs',
+                            str(path)],
+                           capture_output=True,
+                           check=False)
+  if mounted.returncode:
+    pytest.skip(f'cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}')
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A folder on a tmpfs of its own, unmounted after the test."""
+  disk = tmp_path / 'disk'
+  _mount_tmpfs(disk, '256m')
+  yield disk
+  subprocess.run(['umount', '-l', str(disk)], check=False)
+
+
+def _fill(disk):
+  """Leaves no free byte on the tmpfs at `disk`."""
+  subprocess.run(['dd', 'if=/dev/zero', f'of={disk}/filler', 'bs=1M'],
+                 capture_output=True,
+                 check=False)
+
+
+def _read_only(disk):
+  subprocess.run(['mount', '-o', 'remount,ro', str(disk)], check=True)
+
+
+def test_a_read_only_run_folder_stops_training_in_one_line(small_disk):
+  _read_only(small_disk)
+  result, _ = run_offline('trainer.main', '--flagfile=configs/smoke.cfg',
+                          f'--run_dir={small_disk / "run"}')
+  assert 'Read-only file system' in error_line(result)
+
+
+def test_a_full_or_read_only_disk_ends_the_export_in_one_line(tiny_run, small_disk):
+  run_dir = small_disk / 'run'
+  shutil.copytree(tiny_run, run_dir)
+  _fill(small_disk)
+  result, _ = run_offline('trainer.export', f'--run_dir={run_dir}')
+  assert f'the disk holding {run_dir} is full' in error_line(result)
+  assert 'the export is written again' in error_line(result)
+  (small_disk / 'filler').unlink()
+  _read_only(small_disk)
+  result, _ = run_offline('trainer.export', f'--run_dir={run_dir}')
+  assert f'cannot write in {run_dir}' in error_line(result)
+
+
+def test_a_full_or_read_only_disk_ends_evaluate_after_its_report(tiny_run, small_disk, mock_mnist,
+                                                                 capsys):
+  run_dir = small_disk / 'run'
+  shutil.copytree(tiny_run, run_dir)
+  _fill(small_disk)
+  with pytest.raises(UserError, match='is full.*the report above is written to TensorBoard too'):
+    evaluate.evaluate_run(str(run_dir))
+  assert 'Confusion matrix' in capsys.readouterr().out
+  (small_disk / 'filler').unlink()
+  _read_only(small_disk)
+  with pytest.raises(UserError, match=f'cannot write in {run_dir}'):
+    evaluate.evaluate_run(str(run_dir))

@@ -2,17 +2,19 @@
 import csv
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 
 from helpers import REPO as ROOT
-from helpers import TINY_FLAGS, event_tags, train_with_flags
+from helpers import TINY_FLAGS, event_tags, event_values, hparams_session, train_with_flags
 from trainer import main, runs
-from trainer.config import TrainConfig
+from trainer.config import REFERENCE_BATCH_SIZE, TrainConfig
 from trainer.errors import UserError
 
 
@@ -45,6 +47,28 @@ def test_a_finished_run_leaves_logs_checkpoint_and_metrics(tiny_run):
                                                                      'validation'))
 
 
+def test_history_and_tensorboard_give_the_same_learning_rate(tiny_run):
+  with open(os.path.join(tiny_run, 'history.csv')) as f:
+    history = [float(row['learning_rate']) for row in csv.DictReader(f)]
+  logged = [
+      value for _, value, _ in event_values(os.path.join(tiny_run, 'logs', 'train'),
+                                            'epoch_learning_rate')
+  ]
+  assert len(history) == 2
+  np.testing.assert_allclose(logged, history, rtol=1e-6)
+
+
+def test_hparams_are_written_as_the_run_starts_keyed_by_the_whole_run_folder(tiny_run):
+  started, trial, hparams = hparams_session(os.path.join(tiny_run, 'logs'))
+  first_epoch = event_values(os.path.join(tiny_run, 'logs', 'train'), 'epoch_loss')[0][2]
+  assert started < first_epoch  # a run still training, or stopped, shows in the HParams view
+  assert trial == os.path.abspath(tiny_run)  # two folders named alike are two rows
+  config = runs.load_config(tiny_run)
+  assert math.isclose(hparams['peak_learning_rate'],
+                      config.learning_rate * config.batch_size / REFERENCE_BATCH_SIZE)
+  assert event_values(os.path.join(tiny_run, 'logs'), 'test_accuracy')  # added at the end
+
+
 def test_conv_adapter_trains_end_to_end(mock_mnist, tmp_path, notop_weights_file, capsys):
   run_dir = str(tmp_path / 'conv')
   metrics = train_with_flags(*TINY_FLAGS, '--adapter=conv', '--augment',
@@ -65,10 +89,14 @@ def test_a_finished_run_is_never_overwritten(tiny_run):
 
 def test_an_unfinished_run_resumes_only_with_the_same_settings(tmp_path):
   config = TrainConfig(run_dir=str(tmp_path / 'run'))
-  runs.record_config(config, flags_text='--adapter=rgb\n')
+  runs.record_config(config.run_dir, config, flags_text='--adapter=rgb\n')
   runs.check_resumable(config)  # the same settings resume
   other = TrainConfig(run_dir=config.run_dir, epochs=config.epochs + 1)
   with pytest.raises(UserError, match=r'other settings \(epochs\)'):
+    runs.check_resumable(other)
+  # A model setting is named by its flag, not by the group it is kept in.
+  other = dataclasses.replace(config, model=dataclasses.replace(config.model, image_size=32))
+  with pytest.raises(UserError, match=r'other settings \(image_size\)'):
     runs.check_resumable(other)
 
 

@@ -1,17 +1,23 @@
 """The run folder: its lock, what a resume trusts, what a finished run may record."""
 import csv
+import dataclasses
 import errno
 import json
 import math
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import callbacks, runs, weights
+from helpers import REPO
+from trainer import callbacks, lease, runs, weights
 from trainer.config import ModelConfig, TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
@@ -22,24 +28,109 @@ from trainer.model import backbone_of, build_model
 
 def test_a_second_process_on_a_folder_is_refused_naming_the_holder(tmp_path):
   with runs.locked(str(tmp_path)):
-    with pytest.raises(UserError, match=f'in use by process {socket.gethostname()} {os.getpid()}'):
+    with pytest.raises(UserError, match=f'in use by {socket.gethostname()} pid {os.getpid()}'):
       with runs.locked(str(tmp_path)):
         pass
   assert not (tmp_path / runs.LOCK_FILE).exists()  # released when the run ends
 
 
+def write_lock(run_dir, **fields):
+  holder = {**dataclasses.asdict(lease.this_process()), **fields}
+  (run_dir / runs.LOCK_FILE).write_text(json.dumps(holder))
+
+
 def test_the_lock_of_a_dead_local_process_is_taken_over(tmp_path):
-  dead_pid = 2**22 + 1  # above Linux's largest pid
-  (tmp_path / runs.LOCK_FILE).write_text(f'{socket.gethostname()} {dead_pid}')
+  write_lock(tmp_path, pid=2**22 + 1)  # above Linux's largest pid
   with runs.locked(str(tmp_path)):
-    assert (tmp_path / runs.LOCK_FILE).read_text() == f'{socket.gethostname()} {os.getpid()}'
+    assert json.loads((tmp_path / runs.LOCK_FILE).read_text())['pid'] == os.getpid()
 
 
-def test_the_lock_of_another_host_is_respected(tmp_path):
-  (tmp_path / runs.LOCK_FILE).write_text('another-host 12')
-  with pytest.raises(UserError, match='another-host 12'):
+def test_a_reused_pid_of_this_host_does_not_hold_a_lock(tmp_path):
+  # The same host name, boot and namespace, and pid 1 runs, but it is not the process that locked.
+  write_lock(tmp_path, pid=1, started=lease.start_time(1) + 1)
+  with runs.locked(str(tmp_path)):
+    assert json.loads((tmp_path / runs.LOCK_FILE).read_text())['pid'] == os.getpid()
+
+
+def test_a_live_process_of_this_host_keeps_its_lock_at_once(tmp_path, monkeypatch):
+  monkeypatch.setattr(lease, 'LEASE_SECONDS', 3600)  # the decision must not wait for a lease
+  write_lock(tmp_path, pid=1, started=lease.start_time(1))  # pid 1 as it runs now
+  with pytest.raises(UserError, match='in use by .* pid 1'):
     with runs.locked(str(tmp_path)):
       pass
+
+
+def test_the_lock_of_another_host_holds_while_it_beats_and_lapses_when_it_stops(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(lease, 'LEASE_SECONDS', 1.5)
+  write_lock(tmp_path, host='another-host', pid=12)
+  beating = threading.Event()
+
+  def beat():
+    for n in range(1, 10):
+      time.sleep(0.3)
+      write_lock(tmp_path, host='another-host', pid=12, beat=n)
+    beating.set()
+
+  threading.Thread(target=beat, daemon=True).start()
+  with pytest.raises(UserError, match='in use by another-host pid 12'):
+    with runs.locked(str(tmp_path)):
+      pass
+  beating.wait()
+  with runs.locked(str(tmp_path)):  # no heartbeat for the lease: a new container takes over
+    assert json.loads((tmp_path / runs.LOCK_FILE).read_text())['host'] == socket.gethostname()
+
+
+def test_the_holder_renews_its_lock_while_it_runs(tmp_path, monkeypatch):
+  monkeypatch.setattr(lease, 'HEARTBEAT_SECONDS', 0.1)
+  with runs.locked(str(tmp_path)):
+    time.sleep(0.5)
+    assert json.loads((tmp_path / runs.LOCK_FILE).read_text())['beat'] >= 2
+
+
+_LOCK_AND_WAIT = """
+import sys, time
+from trainer import lease, runs
+lease.LEASE_SECONDS = 3
+with runs.locked(sys.argv[1]):
+  print('locked', flush=True)
+  time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(subprocess.run(['unshare', '--pid', '--fork', '--mount-proc', 'true'],
+                                   capture_output=True,
+                                   check=False).returncode != 0,
+                    reason='unshare --pid is not allowed here (needs root or user namespaces)')
+def test_a_lock_left_by_a_killed_pid_1_is_taken_over_by_the_next_pid_1(tmp_path):
+  """A restarted Kubernetes container, or a rerun docker run: the same host, PID 1 again, in
+  a new PID namespace. While the first lives, the second is refused; once it is killed,
+  its lease lapses (3 s here) and the second takes over."""
+  # --kill-child: the namespace's PID 1 dies with unshare, even by SIGKILL.
+  as_pid_1 = [
+      'unshare', '--pid', '--fork', '--mount-proc', '--kill-child', sys.executable, '-c',
+      _LOCK_AND_WAIT,
+      str(tmp_path)
+  ]
+  start = lambda: subprocess.Popen(
+      as_pid_1, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  first = start()
+  try:
+    assert first.stdout.readline().strip() == 'locked', first.stderr.read()
+    assert json.loads((tmp_path / runs.LOCK_FILE).read_text())['pid'] == 1
+    refused = start()
+    _, errors = refused.communicate(timeout=120)
+    assert 'in use by' in errors, errors[-2000:]
+  finally:
+    first.kill()
+  first.wait()
+  second = start()
+  try:
+    assert second.stdout.readline().strip() == 'locked', second.stderr.read()
+  finally:
+    second.kill()
+    second.wait()
 
 
 def test_a_run_dir_that_is_a_file_is_refused(tmp_path):
@@ -71,29 +162,60 @@ class KillAtEpoch(keras.callbacks.Callback):
       raise KeyboardInterrupt
 
 
-def test_the_backed_up_epoch_is_what_backup_and_restore_resumes_after(tmp_path):
+def test_a_resumed_stage_restores_the_step_and_weights_of_its_last_finished_epoch(tmp_path):
   run_dir = str(tmp_path)
-  assert runs.backed_up_epoch(run_dir, 'finetune') is None
-  features, labels = np.zeros((8, 2)), np.zeros(8)
+  features, labels = np.random.default_rng(0).normal(size=(8, 2)), np.zeros(8)
+  trained = tiny_model()
+  assert runs.restore_training_state(trained, run_dir, 'finetune') == 0  # nothing saved yet
   with pytest.raises(KeyboardInterrupt):
-    tiny_model().fit(features,
-                     labels,
-                     epochs=5,
-                     verbose=0,
-                     callbacks=[
-                         keras.callbacks.BackupAndRestore(runs.backup_dir(run_dir, 'finetune')),
-                         KillAtEpoch(2)
-                     ])
-  assert runs.backed_up_epoch(run_dir, 'finetune') == 1  # epochs 0 and 1 finished
+    trained.fit(features,
+                labels,
+                batch_size=4,
+                epochs=5,
+                verbose=0,
+                callbacks=[callbacks.EpochCheckpoint(run_dir, 'finetune'),
+                           KillAtEpoch(2)])
+  resumed = tiny_model()
+  assert runs.restore_training_state(resumed, run_dir, 'finetune') == 2 * 2  # 2 epochs, 2 steps
+  for got, want in zip(resumed.get_weights(), trained.get_weights()):
+    np.testing.assert_array_equal(got, want)
+  # The optimizer's moments too, not only the weights: the next step is the one it would be.
+  for got, want in zip(resumed.optimizer.variables, trained.optimizer.variables):
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
-def test_history_rows_of_epochs_the_backup_did_not_record_are_dropped(tmp_path):
+def test_a_damaged_epoch_checkpoint_names_the_file_and_the_one_before_it(tmp_path):
+  run_dir = str(tmp_path)
+  tiny_model().fit(np.zeros((4, 2)),
+                   np.zeros(4),
+                   epochs=3,
+                   verbose=0,
+                   callbacks=[callbacks.EpochCheckpoint(run_dir, 'finetune')])
+  newest = tf.train.latest_checkpoint(runs.stage_dir(run_dir, 'finetune'))
+  data_file = tf.io.gfile.glob(newest + '.data-*')[0]
+  with open(data_file, 'r+b') as f:
+    f.write(b'\xff' * 64)  # flipped bytes: the checksum no longer matches
+  with pytest.raises(UserError,
+                     match=f'{newest} does not load .*delete {newest}.* to resume from '
+                     'the one before it'):
+    runs.restore_training_state(tiny_model(), run_dir, 'finetune')
+  for path in tf.io.gfile.glob(newest + '.*'):
+    os.remove(path)
+  assert runs.restore_training_state(tiny_model(), run_dir, 'finetune') == 2  # epoch 2 of 3
+
+
+def test_the_best_checkpoint_carries_the_accuracy_it_was_saved_at(tmp_path):
+  assert runs.best_validation_accuracy(str(tmp_path)) is None
+  runs.save_best(tiny_model(), str(tmp_path), 0.625)
+  assert runs.best_validation_accuracy(str(tmp_path)) == 0.625
+
+
+def test_history_rows_of_epochs_after_the_checkpoint_are_dropped(tmp_path):
   history = tmp_path / runs.HISTORY_FILE
   history.write_text('epoch,loss,val_accuracy\n0,2.0,0.5\n1,1.0,0.6\n2,0.5,0.7\n')
   runs.trim_history(str(tmp_path), 2)
   with open(history) as f:
     assert [row['epoch'] for row in csv.DictReader(f)] == ['0', '1']
-  assert runs.best_validation_accuracy(str(tmp_path)) == 0.6
   runs.trim_history(str(tmp_path), 5)  # fewer rows than that: nothing to drop
   assert len(history.read_text().splitlines()) == 3
 
@@ -109,10 +231,10 @@ def test_metrics_json_holds_only_finite_numbers(tmp_path):
   assert json.loads((tmp_path / runs.METRICS_FILE).read_text())['test_accuracy'] == 0.9
 
 
-def test_a_non_finite_loss_stops_training_naming_the_epoch_and_step(tmp_path):
+def test_a_non_finite_loss_stops_training_naming_the_epoch(tmp_path):
   features, labels = np.zeros((8, 2)), np.zeros(8)
   features[5] = np.nan  # the third batch of two
-  with pytest.raises(UserError, match='became nan at epoch 1, step 3.*lower --learning_rate'):
+  with pytest.raises(UserError, match='became nan in epoch 1.*lower --learning_rate'):
     tiny_model().fit(features,
                      labels,
                      batch_size=2,
@@ -178,7 +300,7 @@ def test_a_vertex_ai_job_writes_where_vertex_says(monkeypatch):
 
 def test_an_unfinished_run_folder_with_the_same_settings_resumes(tmp_path):
   config = TrainConfig(run_dir=str(tmp_path))
-  runs.record_config(config, '')
+  runs.record_config(config.run_dir, config, '')
   runs.check_resumable(config)
   runs.check_resumable(TrainConfig(run_dir=str(tmp_path), num_gpus=4))  # hardware may change
 
@@ -207,11 +329,11 @@ def test_a_folder_without_a_checkpoint_is_not_a_start(tmp_path):
 ])
 def test_a_full_disk_ends_in_one_line_that_says_rerun_resumes(error):
   with pytest.raises(UserError, match='is full; free some space and rerun the same command'):
-    with runs.full_disk_as_user_error('runs/x'):
+    with runs.resources_as_user_errors('runs/x'):
       raise error
 
 
 def test_out_of_memory_is_not_mistaken_for_a_full_disk():
-  with pytest.raises(tf.errors.ResourceExhaustedError):
-    with runs.full_disk_as_user_error('runs/x'):
+  with pytest.raises(UserError, match='out of memory .*lower --batch_size or --image_size'):
+    with runs.resources_as_user_errors('runs/x'):
       raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from trainer import data, runs
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, scaled_learning_rate
 from trainer.errors import UserError
 from trainer.keras_lib import keras
 from trainer.model import preprocessing_model, stop_augmentation, without_augmentation
@@ -22,10 +22,12 @@ NUM_LOGGED_IMAGES = 8
 
 
 def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backbone_trainable: bool,
-                       steps_per_epoch: int, best_so_far: Optional[float],
-                       train_split: tf.data.Dataset) -> List[keras.callbacks.Callback]:
-  """`out_dir` is the run folder on the chief, a throwaway folder on other workers;
-  `train_split`, unbatched, feeds the BatchNorm recalibration."""
+                       schedule: keras.optimizers.schedules.LearningRateSchedule,
+                       steps_per_epoch: int, train_split: tf.data.Dataset,
+                       settings_text: str) -> List[keras.callbacks.Callback]:
+  """Those of one stage. `out_dir` is the run folder on the chief, a throwaway folder on
+  other workers; `train_split`, unbatched, feeds the BatchNorm recalibration;
+  `settings_text` is what flags.cfg records."""
   recalibration = min(config.recalibrate_batchnorm, steps_per_epoch)
   # Batched only when recalibration is on: the stream holds its own copy of the split.
   recalibrate = [
@@ -36,27 +38,24 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backb
   unaugmented = [StopAugmentation(config.epochs - unaugmented_epochs)
                 ] if config.model.augment and unaugmented_epochs else []
   return [
-      EpochScalars(backbone_trainable),  # first: it adds to the logs the others write
+      EpochScalars(schedule, backbone_trainable),  # first: it adds to the logs the others write
       # Before anything is written for an epoch that cannot be trusted.
       StopOnBadEpoch(),
-      keras.callbacks.ModelCheckpoint(
-          runs.path(out_dir, runs.BEST_CHECKPOINT),
-          monitor='val_accuracy',
-          mode='max',
-          save_best_only=True,
-          save_weights_only=True,
-          # A resumed run must beat what it already saved, never overwrite a better checkpoint.
-          # So the checkpoint comes before the history that this threshold is read from.
-          initial_value_threshold=best_so_far),
+      # Before the history: a resumed run compares new epochs with the accuracy saved in it.
+      BestCheckpoint(out_dir, runs.best_validation_accuracy(config.run_dir)),
       keras.callbacks.CSVLogger(runs.path(out_dir, runs.HISTORY_FILE), append=True),
       keras.callbacks.TensorBoard(runs.log_dir(out_dir),
                                   update_freq='epoch',
                                   profile_batch=config.profile_steps or 0),
       Throughput(runs.log_dir(out_dir), config.batch_size * steps_per_epoch),
-      # Preemption: a restarted run resumes this stage after its last backed-up epoch. Last,
-      # so that an epoch counts as done only once its checkpoint and history are written
-      # (a resumed run trims history rows of epochs the backup did not record).
-      keras.callbacks.BackupAndRestore(runs.backup_dir(config.run_dir, stage_name)),
+      # Last: an epoch counts as finished, and is not trained again by a resumed run, only
+      # once everything above is written for it (a resumed run trims the history rows of
+      # epochs after its checkpoint). The checkpoint of a stage's last epoch marks the
+      # stage finished, so no moment between two epochs or two stages loses one.
+      EpochCheckpoint(out_dir, stage_name),
+      # Once, after the first training step: a start that fails before it leaves no
+      # settings that would refuse the corrected command.
+      RecordSettings(out_dir, config, settings_text),
       # Acts as validation begins, not at the epoch's end: its place here does not matter.
       *recalibrate,
       # Acts as an epoch begins.
@@ -65,38 +64,102 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backb
 
 
 class EpochScalars(keras.callbacks.Callback):
-  """Adds the learning rate and the backbone's state to each epoch's logs and history."""
+  """Adds the learning rate and the backbone's state to each epoch's logs and history.
 
-  def __init__(self, backbone_trainable: bool):
+  The rate is the stage's schedule at the optimizer's step count when the epoch ends (the
+  rate of the next step), the definition Keras's TensorBoard callback logs as
+  epoch_learning_rate, so history.csv and TensorBoard agree.
+  """
+
+  def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule,
+               backbone_trainable: bool):
     super().__init__()
+    self.schedule = schedule
     self.backbone_trainable = backbone_trainable
 
   def on_epoch_end(self, epoch, logs=None):
-    optimizer = self.model.optimizer
-    schedule = optimizer.learning_rate
-    # get_value, not float(): under a distribution strategy the rate is a MirroredVariable.
-    logs['learning_rate'] = float(
-        keras.backend.get_value(schedule(optimizer.iterations) if callable(schedule) else schedule))
+    rate = self.schedule(self.model.optimizer.iterations)
+    # get_value, not float(): under a distribution strategy the step is a MirroredVariable.
+    logs['learning_rate'] = float(keras.backend.get_value(rate))
     logs['backbone_trainable'] = float(self.backbone_trainable)
 
 
+class BestCheckpoint(keras.callbacks.Callback):
+  """Saves the weights of each epoch whose validation accuracy beats the best so far."""
+
+  def __init__(self, out_dir: str, best_so_far: Optional[float]):
+    super().__init__()
+    self.out_dir = out_dir
+    self.best = best_so_far
+
+  def on_epoch_end(self, epoch, logs=None):
+    accuracy = float(logs['val_accuracy'])
+    if self.best is None or accuracy > self.best:
+      runs.save_best(self.model, self.out_dir, accuracy)
+      self.best = accuracy
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+  """Saves the stage's training state (weights, optimizer, step count) at each epoch's end;
+  trainer.train restores the newest before `fit`, whose epoch follows from the step count."""
+
+  def __init__(self, out_dir: str, stage_name: str):
+    super().__init__()
+    self.out_dir = out_dir
+    self.stage_name = stage_name
+    self.manager = None
+
+  def on_train_begin(self, logs=None):
+    self.manager = runs.epoch_checkpoints(self.model, self.out_dir, self.stage_name)
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.manager.save(checkpoint_number=epoch + 1)
+
+
+class RecordSettings(keras.callbacks.Callback):
+  """Writes config.json and flags.cfg after the first training step of each `fit`."""
+
+  def __init__(self, out_dir: str, config: TrainConfig, settings_text: str):
+    super().__init__()
+    self.out_dir = out_dir
+    self.config = config
+    self.settings_text = settings_text
+    self.recorded = False
+    self._supports_tf_logs = True  # its logs stay tensors: no host sync at each step
+
+  def on_train_batch_end(self, batch, logs=None):
+    if not self.recorded:
+      runs.record_config(self.out_dir, self.config, self.settings_text)
+      self.recorded = True
+
+
 class Throughput(keras.callbacks.Callback):
-  """Examples per second of each epoch, in TensorBoard only: history.csv stays a pure
-  function of the settings, so two --deterministic runs write the same file."""
+  """Training examples per second of each epoch, in TensorBoard only: history.csv stays a
+  pure function of the settings, so two --deterministic runs write the same file.
+
+  Timed from the epoch's start to the start of its validation (which `fit` runs before
+  `on_epoch_end`), so validation and BatchNorm recalibration are left out.
+  """
 
   def __init__(self, log_dir: str, examples_per_epoch: int):
     super().__init__()
     self.writer = tf.summary.create_file_writer(os.path.join(log_dir, 'train'))
     self.examples_per_epoch = examples_per_epoch
     self.epoch_start = 0.0
+    self.training_seconds: Optional[float] = None
 
   def on_epoch_begin(self, epoch, logs=None):
     self.epoch_start = time.perf_counter()
+    self.training_seconds = None
+
+  def on_test_begin(self, logs=None):
+    if self.training_seconds is None:  # the first evaluation of the epoch: its validation
+      self.training_seconds = time.perf_counter() - self.epoch_start
 
   def on_epoch_end(self, epoch, logs=None):
-    rate = self.examples_per_epoch / (time.perf_counter() - self.epoch_start)
+    seconds = self.training_seconds or time.perf_counter() - self.epoch_start
     with self.writer.as_default():
-      tf.summary.scalar('epoch_examples_per_second', rate, step=epoch)
+      tf.summary.scalar('epoch_examples_per_second', self.examples_per_epoch / seconds, step=epoch)
     self.writer.flush()
 
 
@@ -176,37 +239,35 @@ class StopAugmentation(keras.callbacks.Callback):
 
 
 class StopOnBadEpoch(keras.callbacks.Callback):
-  """Ends training with one line at the first non-finite loss, or at an epoch without
-  validation metrics, before a checkpoint or the history records it."""
+  """Ends training with one line at an epoch whose loss is not finite, or that has no
+  validation metrics, before a checkpoint or the history records it.
 
-  def __init__(self) -> None:
-    super().__init__()
-    self.epoch = 0
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self.epoch = epoch
-
-  def on_train_batch_end(self, batch, logs=None):
-    loss = (logs or {}).get('loss')
-    if loss is not None and not math.isfinite(loss):
-      raise UserError(f'the training loss became {loss} at epoch {self.epoch + 1}, step '
-                      f'{batch + 1}: training diverged; start a new run with a lower '
-                      '--learning_rate (the checkpoints of earlier epochs are kept)')
+  Checked once an epoch, where `fit` has the epoch's logs on the host anyway: a check at
+  every step would wait for each step to finish, which stalls an accelerator.
+  """
 
   def on_epoch_end(self, epoch, logs=None):
+    loss = (logs or {}).get('loss')
+    if loss is not None and not math.isfinite(loss):
+      raise UserError(f'the training loss became {loss} in epoch {epoch + 1}: training '
+                      'diverged; start a new run with a lower --learning_rate (the '
+                      'checkpoints of earlier epochs are kept)')
     if 'val_accuracy' not in (logs or {}):
       raise UserError(f'epoch {epoch + 1} ended without validation metrics, so its '
                       'checkpoint could not be chosen; check that the validation split is not '
                       'empty (--validation_split, --eval_steps)')
 
 
-def log_hparams(log_dir: str, config: TrainConfig, metrics: dict, precision: str,
-                replicas: int) -> None:
-  """The run's settings and test metrics for the HParams dashboard, so runs compare side by side."""
+def log_hparams(log_dir: str, config: TrainConfig, precision: str, replicas: int) -> None:
+  """The run's settings for the HParams dashboard, written as the run starts so that runs
+  still training, or stopped, show there too; `log_test_metrics` adds the test figures."""
   settings = {
       **dataclasses.asdict(config),
-      **dataclasses.asdict(config.model), 'precision': precision,
-      'replicas': replicas
+      **dataclasses.asdict(config.model),
+      'precision': precision,
+      'replicas': replicas,
+      # --learning_rate is per 256 examples; this is the peak the optimizer reaches.
+      'peak_learning_rate': scaled_learning_rate(config.learning_rate, config.batch_size),
   }
   # HParams takes only bool, int, float and str values; the paths say nothing about the result.
   hparams = {
@@ -215,9 +276,15 @@ def log_hparams(log_dir: str, config: TrainConfig, metrics: dict, precision: str
       if isinstance(value, (bool, int, float, str)) and name not in ('run_dir', 'data_dir')
   }
   with tf.summary.create_file_writer(log_dir).as_default():
-    hparams_api.hparams(hparams, trial_id=os.path.basename(os.path.normpath(config.run_dir)))
+    # A trial is keyed by its id: the folder's whole path, as two runs of the same name in
+    # different folders would otherwise share a row (and average their metrics).
+    hparams_api.hparams(hparams, trial_id=runs.run_id(config.run_dir))
+
+
+def log_test_metrics(log_dir: str, metrics: dict, step: int) -> None:
+  with tf.summary.create_file_writer(log_dir).as_default():
     for name, value in metrics.items():
-      tf.summary.scalar(name, value, step=config.epochs)
+      tf.summary.scalar(name, value, step=step)
 
 
 def log_preprocessed_images(model: keras.Model, dataset: tf.data.Dataset, log_dir: str) -> None:

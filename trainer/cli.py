@@ -134,14 +134,21 @@ def run(main: Callable[[list], None],
     try:
       main(argv[1:] if takes_arguments else [])
     except UserError as e:
-      sys.exit(f'error: {e}')
+      _quiet_exit(f'error: {e}')
     except KeyboardInterrupt:
-      # TensorFlow may still warn as the interrupted objects are collected at exit (a
-      # half-used checkpoint's unmatched values); the error must stay the last line.
-      python_logging.getLogger('tensorflow').setLevel(python_logging.ERROR)
-      sys.exit(f'error: interrupted; {on_interrupt}')
+      _quiet_exit(f'error: interrupted; {on_interrupt}')
 
   app.run(main_with_clear_errors, flags_parser=parse_flags)
+
+
+def _quiet_exit(last_line: str) -> None:
+  """Exits with `last_line` as the last thing the user reads.
+
+  TensorFlow warns as the objects of a failed or interrupted command are collected at exit
+  (a checkpoint that did not load warns once per value it holds, over a thousand lines).
+  """
+  python_logging.getLogger('tensorflow').setLevel(python_logging.ERROR)
+  sys.exit(last_line)
 
 
 def _raise_keyboard_interrupt(signum, frame):

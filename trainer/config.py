@@ -5,6 +5,7 @@ absl flags (`--image_size`, `--epochs`, ...), and a run folder's config.json is 
 dataclasses as JSON. Everything else takes plain values from a config.
 """
 import dataclasses
+import typing
 from typing import Any, Optional, Tuple
 
 ADAPTERS = ('rgb', 'conv')
@@ -14,6 +15,9 @@ INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
 TRAIN_MODES = ('finetune', 'transfer', 'two_stage')
 PRECISIONS = ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')
 MIN_IMAGE_SIZE = 32  # the smallest input keras.applications' DenseNet121 accepts
+# DenseNet121's activations grow with the pixels: at 1024x1024 one image's pass holds
+# gigabytes, where fine-tuning is usually done at 224 to 512.
+MAX_IMAGE_SIZE = 1024
 # --learning_rate is the peak rate for this global batch; it scales linearly with the batch.
 REFERENCE_BATCH_SIZE = 256
 
@@ -38,7 +42,8 @@ def setting(default: Any,
 class ModelConfig:
   image_size: int = setting(64,
                             'Side the images are resized to inside the model.',
-                            lower=MIN_IMAGE_SIZE)
+                            lower=MIN_IMAGE_SIZE,
+                            upper=MAX_IMAGE_SIZE)
   adapter: str = setting('rgb', 'rgb: copy gray to three channels; conv: a learned '
                          'Conv2D(3)+BatchNorm+ReLU stem.',
                          choices=ADAPTERS)
@@ -176,6 +181,44 @@ class DatasetInfo:
   class_names: Tuple[str, ...]
 
 
+def scaled_learning_rate(rate: float, batch_size: int) -> float:
+  """A rate given for REFERENCE_BATCH_SIZE examples, at a global batch of `batch_size`."""
+  return rate * batch_size / REFERENCE_BATCH_SIZE
+
+
 def train_config_from_dict(fields: dict) -> TrainConfig:
-  """The inverse of dataclasses.asdict for TrainConfig; a KeyError or TypeError names a bad field."""
-  return TrainConfig(**{**fields, 'model': ModelConfig(**fields['model'])})
+  """The inverse of dataclasses.asdict for TrainConfig, checked as the flags are: a KeyError,
+  TypeError or ValueError names a bad field."""
+  config = TrainConfig(**{**fields, 'model': ModelConfig(**fields['model'])})
+  check_settings(config)
+  return config
+
+
+# What each setting's type admits, and its name in messages.
+_KINDS = {
+    bool: ((bool,), 'true or false'),
+    int: ((int,), 'a whole number'),
+    float: ((int, float), 'a number'),
+    str: ((str,), 'a string'),
+}
+
+
+def check_settings(config: Any) -> None:
+  """Raises ValueError naming the first setting of `config` (a TrainConfig, or a dataclass
+  in it) whose type, bounds or choices its flag would refuse."""
+  types = typing.get_type_hints(type(config))
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(field.default):
+      check_settings(value)
+      continue
+    meta, kind = field.metadata, types[field.name]
+    allowed, what = _KINDS.get(kind, ((str, type(None)), 'a string'))
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, allowed):
+      raise ValueError(f'{field.name}={value!r} is not {what}')
+    if meta['choices'] and value not in meta['choices']:
+      raise ValueError(f'{field.name}={value!r} is not one of {", ".join(meta["choices"])}')
+    if meta['lower'] is not None and value < meta['lower']:
+      raise ValueError(f'{field.name}={value!r} is below its least value, {meta["lower"]}')
+    if meta['upper'] is not None and value > meta['upper']:
+      raise ValueError(f'{field.name}={value!r} is above its largest value, {meta["upper"]}')

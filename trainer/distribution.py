@@ -69,6 +69,11 @@ def parse_tf_config(text: str) -> dict:
     if not (isinstance(addresses, list) and addresses and
             all(isinstance(address, str) for address in addresses)):
       raise UserError(f'TF_CONFIG\'s cluster.{job} is not a list of "host:port" addresses; {fix}')
+    bad = [address for address in addresses if not _is_host_and_port(address)]
+    if bad:
+      raise UserError(f'TF_CONFIG\'s cluster.{job} has {bad[0]!r}, not a "host:port" address '
+                      '(a port from 1 to 65535 after the last colon); add the port each worker '
+                      'listens on, e.g. "10.0.0.2:2222"')
   if len(cluster.get('chief', [])) > 1:
     raise UserError(f'TF_CONFIG\'s cluster has {len(cluster["chief"])} chiefs; keep one and '
                     'list the others under "worker"')
@@ -79,6 +84,11 @@ def parse_tf_config(text: str) -> dict:
   if task_type not in ('chief', 'worker') or not 0 <= index < len(cluster.get(task_type, [])):
     raise UserError(f'TF_CONFIG task {task_type}:{index} is not in its cluster; {fix}')
   return config
+
+
+def _is_host_and_port(address: str) -> bool:
+  host, _, port = address.rpartition(':')
+  return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
 
 
 def resolve_precision(precision: str, num_gpus: int) -> str:

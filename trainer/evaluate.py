@@ -21,7 +21,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
 from trainer import data, runs
-from trainer.config import TrainConfig
+from trainer.config import DatasetInfo, TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
 
@@ -74,14 +74,27 @@ def evaluate_run(run_dir: str) -> Evaluation:
       run_dir)  # first: a run without a checkpoint fails before loading data
   splits = data.load_splits(config.dataset, config.data_dir, config.validation_split,
                             config.download)
+  check_same_data(run_dir, runs.read_dataset_info(run_dir), splits.info)
   test_batches = data.evaluation_batches(splits.test, config.batch_size)
   evaluation = evaluate(model, test_batches, splits.info.num_classes)
   report = format_report(evaluation, splits.info.class_names)
   print(report)
   log_dir = runs.path(run_dir, runs.EVALUATE_LOG_DIR)
-  write_to_tensorboard(evaluation, report, log_dir)
+  with runs.resources_as_user_errors(run_dir, 'the report above is written to TensorBoard too'):
+    write_to_tensorboard(evaluation, report, log_dir)
   print(f'TensorBoard: tensorboard --logdir {log_dir}')
   return evaluation
+
+
+def check_same_data(run_dir: str, trained_on: DatasetInfo, now: DatasetInfo) -> None:
+  """The test split must be of the images and classes the model was trained on."""
+  if (trained_on.image_shape, trained_on.num_classes) != (now.image_shape, now.num_classes):
+    raise UserError(
+        f'{run_dir} was trained on {trained_on.num_classes} classes of '
+        f'{"x".join(map(str, trained_on.image_shape))} images ({runs.DATASET_FILE}), but its '
+        f'--dataset now gives {now.num_classes} classes of '
+        f'{"x".join(map(str, now.image_shape))}; restore {runs.DATASET_FILE} from a copy, or '
+        'check --data_dir')
 
 
 def evaluate(model: keras.Model, test_batches: tf.data.Dataset, num_classes: int) -> Evaluation:

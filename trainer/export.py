@@ -77,7 +77,9 @@ def export_run(run_dir: str) -> str:
 
 
 def main(_: List[str]) -> None:
-  print(export_run(cli.required_flag('run_dir')))
+  run_dir = cli.required_flag('run_dir')
+  with runs.resources_as_user_errors(run_dir, 'the export is written again'):
+    print(export_run(run_dir))
 
 
 def entry_point() -> None:

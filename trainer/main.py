@@ -90,12 +90,9 @@ def run(splits_override: Optional[data.Splits] = None,
     start_weights = weights.resolve(config.weights)
     splits = splits_override or data.load_splits(config.dataset, config.data_dir,
                                                  config.validation_split, config.download)
-    if chief:
-      # Only now, with every check passed: a failed start leaves no config that would refuse
-      # the corrected command.
-      runs.record_config(config, resolved_flags_text(config))
-    with distribution.lost_workers_as_user_errors(), runs.full_disk_as_user_error(config.run_dir):
-      return train.train_and_evaluate(config, splits, strategy, start_weights)
+    with distribution.lost_workers_as_user_errors(), runs.resources_as_user_errors(config.run_dir):
+      return train.train_and_evaluate(config, splits, strategy, start_weights,
+                                      resolved_flags_text(config))
 
 
 def main(_: List[str]) -> None:

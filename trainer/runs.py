@@ -2,11 +2,11 @@
 
   config.json, flags.cfg   the settings; `--flagfile=RUN/flags.cfg` repeats the run
   dataset.json             the image shape and classes the model takes
-  lock                     host and pid of the process training in the folder
+  lock                     the process training in the folder, renewed while it runs
   logs/                    TensorBoard (logs/evaluate: trainer.evaluate's report)
-  checkpoints/best*        the weights with the best validation accuracy
-  checkpoints/after_STAGE* the weights at the end of each finished stage
-  backup/STAGE/            BackupAndRestore's state while a stage is in flight
+  checkpoints/best*        the weights with the best validation accuracy, and that accuracy
+  checkpoints/STAGE/       each stage's training state (weights, optimizer, step) at its last
+                           two finished epochs: what a resumed run starts from
   history.csv              per-epoch metrics, appended across resumes
   metrics.json             test results; its presence marks the run as finished
   export/, model.keras     the SavedModel that takes raw images, and the Keras model
@@ -23,12 +23,12 @@ import io
 import json
 import math
 import os
-import socket
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import tensorflow as tf
 
 from trainer import config as config_lib
+from trainer import lease
 from trainer.config import DatasetInfo, TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
@@ -44,7 +44,8 @@ LOG_DIR = 'logs'
 EVALUATE_LOG_DIR = os.path.join(LOG_DIR, 'evaluate')
 CHECKPOINT_DIR = 'checkpoints'
 BEST_CHECKPOINT = os.path.join(CHECKPOINT_DIR, 'best')
-BACKUP_DIR = 'backup'
+# Two, so that a damaged newest one leaves an older one to resume from.
+EPOCH_CHECKPOINTS_KEPT = 2
 EXPORT_DIR = 'export'
 KERAS_MODEL_FILE = 'model.keras'
 # Vertex AI custom jobs name the run's output folder, and the folder its TensorBoard
@@ -66,12 +67,14 @@ def log_dir(run_dir: str) -> str:
   return path(run_dir, LOG_DIR)
 
 
-def stage_checkpoint(run_dir: str, stage: str) -> str:
-  return os.path.join(run_dir, CHECKPOINT_DIR, f'after_{stage}')
+def run_id(run_dir: str) -> str:
+  """The run folder's whole path (a URL for gs://): what tells one run from another."""
+  return run_dir if '://' in run_dir else os.path.abspath(run_dir)
 
 
-def backup_dir(run_dir: str, stage: str) -> str:
-  return os.path.join(run_dir, BACKUP_DIR, stage)
+def stage_dir(run_dir: str, stage: str) -> str:
+  """Where `stage`'s epoch checkpoints go."""
+  return os.path.join(run_dir, CHECKPOINT_DIR, stage)
 
 
 def checkpoint_exists(prefix: str) -> bool:
@@ -102,91 +105,88 @@ def check_resumable(config: TrainConfig) -> None:
                       '--run_name')
 
 
-def _changed_fields(old: TrainConfig, new: TrainConfig):
-  old_fields, new_fields = dataclasses.asdict(old), dataclasses.asdict(new)
+def _changed_fields(old: TrainConfig, new: TrainConfig) -> List[str]:
+  """The flags whose values differ, except those a resumed run may change."""
+  old_flags, new_flags = _flag_values(old), _flag_values(new)
   return [
-      k for k in new_fields
-      if k not in config_lib.RESUMABLE_CHANGES and old_fields.get(k) != new_fields[k]
+      name for name in new_flags
+      if name not in config_lib.RESUMABLE_CHANGES and old_flags.get(name) != new_flags[name]
   ]
+
+
+def _flag_values(config: TrainConfig) -> Dict[str, object]:
+  """{flag name: value}: the nested model settings flattened, as their flags are."""
+  values = dataclasses.asdict(config)
+  return {**{k: v for k, v in values.items() if k != 'model'}, **values['model']}
 
 
 @contextlib.contextmanager
 def locked(run_dir: str) -> Iterator[None]:
   """Holds the folder's lock file for the block: a second process on the folder is refused.
 
-  A lock left by a process of this host that no longer runs is taken over. On local
-  disks the lock is created atomically; on gs:// it is created only if absent, checked
-  just before, which leaves a window of a moment, not of a run.
+  The lock is a lease (trainer/lease.py): a lock whose holder died, here or on another
+  machine or container, is taken over, at once or once its heartbeat has stopped.
   """
-  if tf.io.gfile.exists(run_dir) and not tf.io.gfile.isdir(run_dir):
-    raise UserError(f'--run_dir={run_dir} is a file, not a folder; choose another --run_dir')
-  tf.io.gfile.makedirs(run_dir)
-  lock = path(run_dir, LOCK_FILE)
-  me = f'{socket.gethostname()} {os.getpid()}'
-  if not _create_if_absent(lock, me):
-    holder = _read(lock).strip()
-    if not _is_stale(holder):
-      raise UserError(f'{run_dir} is in use by process {holder or "(unknown)"} (host pid); wait '
-                      f'for it to end, or if it is gone, delete {lock}')
-    tf.io.gfile.remove(lock)
-    if not _create_if_absent(lock, me):
-      raise UserError(f'{run_dir} was just taken by another process; run one trainer per folder')
-  try:
+  with contextlib.ExitStack() as lock:
+    with _opening(run_dir):
+      if tf.io.gfile.exists(run_dir) and not tf.io.gfile.isdir(run_dir):
+        raise UserError(f'--run_dir={run_dir} is a file, not a folder; choose another --run_dir')
+      tf.io.gfile.makedirs(run_dir)
+      lock.enter_context(lease.held(path(run_dir, LOCK_FILE)))
     yield
-  finally:
-    if _read(lock).strip() == me:
-      tf.io.gfile.remove(lock)
-
-
-def _create_if_absent(file_path: str, text: str) -> bool:
-  if '://' not in file_path:
-    try:
-      fd = os.open(file_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
-    return True
-  if tf.io.gfile.exists(file_path):
-    return False
-  _write(file_path, text)
-  return True
-
-
-def _is_stale(holder: str) -> bool:
-  """True for a lock of this host whose process is gone."""
-  host, _, pid = holder.partition(' ')
-  if host != socket.gethostname() or not pid.isdigit():
-    return False
-  try:
-    os.kill(int(pid), 0)
-  except ProcessLookupError:
-    return True
-  except PermissionError:
-    return False
-  return False
 
 
 @contextlib.contextmanager
-def full_disk_as_user_error(run_dir: str) -> Iterator[None]:
-  """A full disk ends the run in one line; what was written before it stays, and a rerun
-  with space resumes (a half-written checkpoint is replaced by the next save)."""
+def _opening(run_dir: str) -> Iterator[None]:
+  """What can go wrong in claiming the run folder, each in one line."""
   try:
     yield
-  except (tf.errors.ResourceExhaustedError, OSError) as e:
-    # ResourceExhaustedError is also out-of-memory; only a full disk is the user's to fix here.
-    if getattr(e, 'errno', None) != errno.ENOSPC and 'No space left' not in str(e):
-      raise
-    raise UserError(f'the disk holding {run_dir} is full; free some space and rerun the same '
-                    'command: the run resumes from its last finished epoch') from None
+  except lease.Held as e:
+    raise UserError(f'{run_dir} is in use by {e} (its lock file is renewed every '
+                    f'{lease.HEARTBEAT_SECONDS:.0f} s while it runs); wait for that run to end, '
+                    'or give this one another --run_dir') from None
+  except tf.errors.UnimplementedError:
+    raise UserError(f'--run_dir={run_dir}: this TensorFlow cannot open such paths; for gs:// '
+                    "run folders, pip install 'densenet-finetune[gcs]'") from None
+  except (tf.errors.OpError, OSError) as e:
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    fix = ('check the network, the bucket\'s name and your credentials (gcloud auth '
+           'application-default login)' if '://' in run_dir else
+           'choose a --run_dir on a disk you can write to, under a folder, not a file')
+    raise UserError(f'cannot open the run folder {run_dir} ({reason}); {fix}') from None
 
 
-def record_config(config: TrainConfig, flags_text: str) -> None:
-  """Writes config.json and flags.cfg: only once every check of the run has passed, so a
-  failed start leaves nothing that would refuse the corrected command."""
-  tf.io.gfile.makedirs(config.run_dir)
-  _write(path(config.run_dir, CONFIG_FILE), json.dumps(dataclasses.asdict(config), indent=2))
-  _write(path(config.run_dir, FLAGS_FILE), flags_text)
+RESUMES = 'the run resumes from its last finished epoch'
+
+
+@contextlib.contextmanager
+def resources_as_user_errors(run_dir: str, after_rerun: str = RESUMES) -> Iterator[None]:
+  """A full disk, memory, or a run folder that refuses writes ends the command in one line;
+  `after_rerun` says what rerunning it does. After a full disk, what was written before it
+  stays (a half-written checkpoint is replaced by the next save)."""
+  try:
+    yield
+  except (tf.errors.ResourceExhaustedError, tf.errors.PermissionDeniedError, OSError) as e:
+    reason = str(e).strip().splitlines()[0][:200]
+    if getattr(e, 'errno', None) == errno.ENOSPC or 'No space left' in str(e):
+      raise UserError(f'the disk holding {run_dir} is full; free some space and rerun the same '
+                      f'command: {after_rerun}') from None
+    if isinstance(e, tf.errors.ResourceExhaustedError):
+      raise UserError(f'out of memory ({reason}); lower --batch_size or --image_size, then '
+                      f'rerun: {after_rerun}') from None
+    if isinstance(e, (tf.errors.PermissionDeniedError, PermissionError)) or getattr(
+        e, 'errno', None) == errno.EROFS:
+      raise UserError(f'cannot write in {run_dir} ({reason}); make it writable (or copy the '
+                      f'folder somewhere writable) and rerun: {after_rerun}') from None
+    raise
+
+
+def record_config(run_dir: str, config: TrainConfig, flags_text: str) -> None:
+  """Writes config.json and flags.cfg. Training does so once its first step has run, so a
+  start that fails before then leaves nothing that would refuse the corrected command."""
+  tf.io.gfile.makedirs(run_dir)
+  _write(path(run_dir, CONFIG_FILE), json.dumps(dataclasses.asdict(config), indent=2))
+  _write(path(run_dir, FLAGS_FILE), flags_text)
 
 
 def load_config(run_dir: str) -> TrainConfig:
@@ -236,31 +236,75 @@ def write_metrics(run_dir: str, metrics: Dict[str, float]) -> None:
   _write(path(run_dir, METRICS_FILE), json.dumps(metrics, indent=2, allow_nan=False))
 
 
-# ---- Resuming: what the folder says about finished epochs
+# ---- Checkpoints: the best one, and each stage's training state by epoch
+
+
+def save_best(model: keras.Model, run_dir: str, val_accuracy: float) -> None:
+  """Writes the best checkpoint with its validation accuracy in the same write, so a resumed
+  run compares new epochs with exactly what the checkpoint holds."""
+  tf.train.Checkpoint(model=model, val_accuracy=tf.Variable(val_accuracy, dtype=tf.float64)).write(
+      path(run_dir, BEST_CHECKPOINT))
 
 
 def best_validation_accuracy(run_dir: str) -> Optional[float]:
-  """The best val_accuracy in the run's history so far, or None for a new run."""
-  values = [float(row['val_accuracy']) for row in _history_rows(run_dir) if row.get('val_accuracy')]
-  return max(values, default=None)
-
-
-def backed_up_epoch(run_dir: str, stage: str) -> Optional[int]:
-  """The last epoch (0-based) BackupAndRestore saved for `stage`, or None if it saved none.
-
-  Read where tf_keras's BackupAndRestore keeps it (its WorkerTrainingState): the `chief`
-  subfolder, variable `ckpt_saved_epoch`; tests/test_runs.py checks both against tf_keras.
-  """
-  latest = tf.train.latest_checkpoint(os.path.join(backup_dir(run_dir, stage), 'chief'))
-  if latest is None:
+  """The validation accuracy of the run's best checkpoint, or None if it has none yet."""
+  checkpoint = path(run_dir, BEST_CHECKPOINT)
+  if not checkpoint_exists(checkpoint):
     return None
-  reader = tf.train.load_checkpoint(latest)
-  return int(reader.get_tensor('ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE'))
+  value = tf.Variable(0.0, dtype=tf.float64)
+  try:
+    tf.train.Checkpoint(val_accuracy=value).read(checkpoint).expect_partial()
+  except (tf.errors.OpError, ValueError, IndexError) as e:
+    raise _damaged(
+        checkpoint, e, ': the file is damaged; restore the folder from a copy, or '
+        'delete the best checkpoint to let the next epoch write a new one') from None
+  return float(value.numpy())
+
+
+def epoch_checkpoints(model: keras.Model, run_dir: str, stage: str) -> tf.train.CheckpointManager:
+  """Saves `stage`'s whole training state: the model, its optimizer and the optimizer's step
+  count, from which a resumed run knows its epoch (as Model Garden's trainers do)."""
+  return tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
+                                    stage_dir(run_dir, stage),
+                                    max_to_keep=EPOCH_CHECKPOINTS_KEPT)
+
+
+def restore_training_state(model: keras.Model, run_dir: str, stage: str) -> int:
+  """Restores `stage`'s newest epoch checkpoint into the compiled `model` (weights, optimizer
+  state and step count); returns the stage's steps done, 0 if it has no checkpoint."""
+  state = tf.train.get_checkpoint_state(stage_dir(run_dir, stage))
+  saved = [p for p in (state.all_model_checkpoint_paths if state else []) if checkpoint_exists(p)]
+  if not saved:
+    return 0
+  # Built now, so its slots exist and take the saved values instead of a deferred restore.
+  model.optimizer.build(model.trainable_variables)
+  newest = saved[-1]
+  try:
+    # expect_partial: the manager also saves its own save counter, which nothing restores.
+    tf.train.Checkpoint(model=model).read(newest).expect_partial().assert_existing_objects_matched()
+  except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+    fix = (f'delete {newest}.* to resume from the one before it, {saved[-2]}' if len(saved) > 1 else
+           f'delete {stage_dir(run_dir, stage)} to train stage {stage} again from its start '
+           '(the best checkpoint and the history are kept)')
+    raise _damaged(newest, e, f': the file is damaged; {fix}') from None
+  return int(model.optimizer.iterations.numpy())
+
+
+def drop_training_state(run_dir: str, stages: List[str]) -> None:
+  """Deletes the stages' epoch checkpoints of a finished run: a finished run is never resumed."""
+  for stage in stages:
+    if tf.io.gfile.exists(stage_dir(run_dir, stage)):
+      tf.io.gfile.rmtree(stage_dir(run_dir, stage))
+
+
+def _damaged(checkpoint, error, why_and_fix):
+  reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+  return UserError(f'{checkpoint} does not load ({reason}){why_and_fix}')
 
 
 def trim_history(run_dir: str, epochs: int) -> None:
-  """Keeps the first `epochs` rows of history.csv: a run killed after it logged an epoch
-  but before the backup saved it trains that epoch again, and must not log it twice."""
+  """Keeps the first `epochs` rows of history.csv: a run killed after it logged an epoch but
+  before that epoch's checkpoint trains the epoch again, and must not log it twice."""
   rows = _history_rows(run_dir)
   if len(rows) <= epochs:
     return
@@ -306,17 +350,16 @@ def load_best_model(run_dir: str) -> keras.Model:
 
 
 def restore(model: keras.Model, checkpoint: str) -> None:
-  """Loads `checkpoint` into every variable of `model`; ignores the optimizer's state in it.
+  """Loads the best checkpoint, or another `save_best` wrote, into every variable of `model`.
 
   A damaged file, or a checkpoint of another model (config.json edited after training,
   another adapter or class count), ends in one line instead of a model left half random.
   """
   try:
-    model.load_weights(checkpoint).expect_partial().assert_existing_objects_matched()
+    tf.train.Checkpoint(
+        model=model).read(checkpoint).expect_partial().assert_existing_objects_matched()
   # IndexError: the checkpoint reader's "Read less bytes than requested" for a short file.
   except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    raise UserError(
-        f'{checkpoint} does not load into the model its run folder describes '
-        f'({reason}): the checkpoint files are damaged, or config.json/dataset.json '
-        'no longer match them; restore the folder from a copy, or train again') from None
+    raise _damaged(
+        checkpoint, e, ': the checkpoint files are damaged, or config.json/dataset.json no '
+        'longer match them; restore the folder from a copy, or train again') from None

@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer import callbacks, data, distribution, export, runs, weights
-from trainer.config import REFERENCE_BATCH_SIZE, TrainConfig
+from trainer.config import TrainConfig, scaled_learning_rate
 from trainer.keras_lib import keras
 from trainer.model import backbone_of, build_model, set_backbone_trainable
 
@@ -44,9 +44,12 @@ def plan_stages(config: TrainConfig) -> List[Stage]:
 
 
 def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.distribute.Strategy,
-                       start_weights: Optional[str]) -> dict:
+                       start_weights: Optional[str], settings_text: str) -> dict:
   """Trains from `start_weights` (see trainer/weights.py; None: a random start), restores the
-  best checkpoint, evaluates it on the test split, exports; returns the test metrics."""
+  best checkpoint, evaluates it on the test split, exports; returns the test metrics.
+
+  `settings_text` (flags.cfg) is recorded with config.json once training has taken a step.
+  """
   keras.utils.set_random_seed(config.seed)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
@@ -64,10 +67,12 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
 
   with distribution.OutputDir(config.run_dir, chief) as out:
     runs.write_dataset_info(out, splits.info)
+    precision = keras.mixed_precision.global_policy().name
+    callbacks.log_hparams(runs.log_dir(out), config, precision, strategy.num_replicas_in_sync)
     callbacks.log_preprocessed_images(model, splits.validation, runs.log_dir(out))
     stages = plan_stages(config)
     for stage in stages:
-      train_stage(model, stage, config, splits, validation, steps, strategy, out)
+      train_stage(model, stage, config, splits, validation, steps, strategy, out, settings_text)
 
     # Recompiled first: the best checkpoint may come from the frozen stage, whose Adam slots
     # do not fit the unfrozen model's optimizer; a fresh optimizer has no slots to fit yet.
@@ -83,62 +88,60 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
     }
     print(f'Test loss : {metrics["test_loss"]:.5f}')
     print(f'Test accuracy: {metrics["test_accuracy"]:.4f}')
-    callbacks.log_hparams(runs.log_dir(out), config, metrics,
-                          keras.mixed_precision.global_policy().name, strategy.num_replicas_in_sync)
+    callbacks.log_test_metrics(runs.log_dir(out), metrics, config.epochs)
     # A model of its own, built outside the strategy: only the chief needs to write it.
     if config.export and chief:
       export.export_run(out)
     runs.write_metrics(out, metrics)
+    # After metrics.json, which marks the run finished: a finished run is never resumed.
+    runs.drop_training_state(out, [stage.name for stage in stages])
   return metrics
 
 
 def train_stage(model: keras.Model, stage: Stage, config: TrainConfig, splits: data.Splits,
-                validation: tf.data.Dataset, steps: int, strategy: tf.distribute.Strategy,
-                out: str) -> None:
-  """Fits one stage, or loads its weights if an earlier run finished it."""
-  finished = runs.stage_checkpoint(config.run_dir, stage.name)
-  if runs.checkpoint_exists(finished):
-    logging.info('Stage %s finished in an earlier run; loading its weights', stage.name)
-    runs.restore(model, finished)
-    return
-  # BackupAndRestore picks the epoch to resume at inside fit; the data stream must start
-  # there too, and the history must not keep rows of epochs the backup did not record.
-  backed_up = runs.backed_up_epoch(config.run_dir, stage.name)
-  first_epoch = stage.initial_epoch if backed_up is None else backed_up + 1
-  if distribution.is_chief(strategy):
-    runs.trim_history(config.run_dir, first_epoch)
+                validation: tf.data.Dataset, steps: int, strategy: tf.distribute.Strategy, out: str,
+                settings_text: str) -> None:
+  """Fits one stage from its newest epoch checkpoint, if an earlier run left one; a stage
+  whose last epoch was checkpointed is only restored."""
   with strategy.scope():
     compile_for_stage(model, stage, config, steps, splits.info.num_classes)
-  logging.info('Stage %s: epochs %d-%d, backbone %s', stage.name, first_epoch + 1, stage.epochs,
-               'training' if stage.backbone_trainable else 'frozen')
+    # Every worker restores the chief's checkpoint, in the shared run folder.
+    steps_done = runs.restore_training_state(model, config.run_dir, stage.name)
+  first_epoch = stage.initial_epoch + steps_done // steps
+  if first_epoch >= stage.epochs:
+    logging.info('Stage %s finished in an earlier run', stage.name)
+    return
+  # The history must not keep rows of epochs after the checkpoint: they are trained again.
+  if distribution.is_chief(strategy):
+    runs.trim_history(config.run_dir, first_epoch)
+  logging.info('Stage %s: epochs %d-%d, backbone %s, peak learning rate %g', stage.name,
+               first_epoch + 1, stage.epochs, 'training' if stage.backbone_trainable else 'frozen',
+               scaled_learning_rate(stage.learning_rate, config.batch_size))
   model.fit(
       data.training_batches(splits.train,
                             config.batch_size,
                             seed=config.seed,
                             first_step=first_epoch * steps),
       epochs=stage.epochs,
-      initial_epoch=stage.initial_epoch,
+      initial_epoch=first_epoch,
       steps_per_epoch=steps,
       validation_data=validation,
       validation_steps=data.num_examples(validation),
       # A progress bar on a terminal; in a log file, one line per epoch.
       verbose=1 if sys.stdout.isatty() else 2,
       callbacks=callbacks.training_callbacks(config, out, stage.name, stage.backbone_trainable,
-                                             steps, runs.best_validation_accuracy(config.run_dir),
-                                             splits.train))
-  # BackupAndRestore forgets a stage once it ends, so a finished stage leaves its
-  # weights behind for a resumed run to start the next one from (or, after the
-  # last stage, to go straight to the test instead of training again).
-  model.save_weights(runs.stage_checkpoint(out, stage.name))
+                                             learning_rate_schedule(stage, config, steps), steps,
+                                             splits.train, settings_text))
   # The workers go on to read what the chief just wrote (the best checkpoint, the
-  # history, this stage's weights); wait until it has written all of it.
+  # history); wait until it has written all of it.
   distribution.barrier(strategy)
 
 
 def compile_for_stage(model: keras.Model, stage: Stage, config: TrainConfig, steps_per_epoch: int,
                       num_classes: int) -> None:
   set_backbone_trainable(model, stage.backbone_trainable)
-  model.compile(optimizer=optimizer(stage, config, steps_per_epoch),
+  model.compile(optimizer=optimizer(learning_rate_schedule(stage, config, steps_per_epoch),
+                                    config.weight_decay),
                 loss=SmoothedCrossentropy(num_classes, config.label_smoothing),
                 metrics=[
                     keras.metrics.SparseCategoricalAccuracy(name='accuracy'),
@@ -148,12 +151,11 @@ def compile_for_stage(model: keras.Model, stage: Stage, config: TrainConfig, ste
                 steps_per_execution=config.steps_per_execution)
 
 
-def optimizer(stage: Stage, config: TrainConfig,
-              steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def optimizer(schedule: keras.optimizers.schedules.LearningRateSchedule,
+              weight_decay: float) -> keras.optimizers.Optimizer:
   """Adam on the stage's schedule; with --weight_decay, AdamW's decoupled decay."""
-  adam = keras.optimizers.Adam(learning_rate_schedule(stage, config, steps_per_epoch),
-                               weight_decay=config.weight_decay or None)
-  if config.weight_decay:
+  adam = keras.optimizers.Adam(schedule, weight_decay=weight_decay or None)
+  if weight_decay:
     # BatchNorm's scales and offsets and the biases are few and set where a layer's outputs
     # sit rather than what it fits; the usual AdamW practice leaves them undecayed.
     adam.exclude_from_weight_decay(var_names=['gamma', 'beta', 'bias'])
@@ -163,7 +165,7 @@ def optimizer(stage: Stage, config: TrainConfig,
 def learning_rate_schedule(stage: Stage, config: TrainConfig,
                            steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
   """Linear warmup to the peak rate (scaled with the global batch), then cosine decay to 0."""
-  peak = stage.learning_rate * config.batch_size / REFERENCE_BATCH_SIZE
+  peak = scaled_learning_rate(stage.learning_rate, config.batch_size)
   total_steps = (stage.epochs - stage.initial_epoch) * steps_per_epoch
   warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps - 1)
   return keras.optimizers.schedules.CosineDecay(initial_learning_rate=0.0,
