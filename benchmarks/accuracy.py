@@ -33,6 +33,9 @@ def define_flags() -> None:
   flags.DEFINE_string(
       'commit', None, 'The commit that trained the run, if not this '
       'checkout\'s (a run trained elsewhere).')
+  flags.DEFINE_string(
+      'note', None, 'Anything a reader of the record must know (e.g. that '
+      'other work shared the machine).')
   flags.DEFINE_bool('record_only', False, 'Record a finished run folder without running '
                     'trainer.main.')
   for required in ('claim', 'name', 'run_dir'):
@@ -115,6 +118,8 @@ def main(argv: List[str]) -> None:
   record = run_record(FLAGS.run_dir, command, FLAGS.data)
   if FLAGS.commit:
     record['commit'] = FLAGS.commit
+  if FLAGS.note:
+    record['note'] = FLAGS.note
   print(records.write(FLAGS.claim, FLAGS.name, record))
 
 
