@@ -67,7 +67,7 @@ main() {
   check_value --image "$image" "$IMAGE_PATTERN" \
     "an image; e.g. --image=us-central1-docker.pkg.dev/PROJECT/REPO/densenet:1"
   check_value --replicas "$replicas" '^[1-9][0-9]{0,2}$' "a number of machines; e.g. --replicas=2"
-  check_value --gpus "$gpus" '^[0-9]{1,2}$' "a number of GPUs per machine; e.g. --gpus=1"
+  check_gpus --gpus "$gpus"
   check_value --machine_type "$machine_type" "$GCLOUD_ID_PATTERN" \
     "a machine type; e.g. --machine_type=n1-standard-8"
   check_value --accelerator "$accelerator" '^[A-Z][A-Z0-9_]*$' \
@@ -82,9 +82,22 @@ main() {
     "a Cloud Storage folder; e.g. --output_dir=gs://BUCKET/runs/NAME"
   check_trainer_flags "$@"
   # The machines' disks go with the job, and the replicas must share the run folder.
-  [[ -n $output_dir ]] || has_flag --run_dir=gs:// "$@" ||
-    die "the run needs a Cloud Storage folder; give --output_dir=gs://BUCKET/runs/NAME" \
-      "or the trainer flag --run_dir=gs://BUCKET/runs/NAME"
+  local run_dir
+  run_dir=$(flag_value run_dir "$@")
+  if [[ -n $run_dir ]]; then
+    [[ $run_dir == gs://* ]] ||
+      die "the trainer flag --run_dir=$(printf %q "$run_dir") (the last --run_dir wins) is not on" \
+        "Cloud Storage; give --run_dir=gs://BUCKET/runs/NAME, or --output_dir=gs://BUCKET/runs/NAME" \
+        "and no --run_dir"
+  else
+    [[ -n $output_dir ]] ||
+      die "the run needs a Cloud Storage folder; give --output_dir=gs://BUCKET/runs/NAME" \
+        "or the trainer flag --run_dir=gs://BUCKET/runs/NAME"
+    # The trainer names its folder runs/NAME after --run_name, on the replica's own disk.
+    [[ -z $(flag_value run_name "$@") ]] ||
+      die "the trainer flag --run_name puts the run folder on the machine's disk, which goes" \
+        "with the job; drop it (--output_dir names the run), or give --run_dir=gs://BUCKET/runs/NAME"
+  fi
 
   local spec="$log_dir/job.yaml"
   write_file "$spec" "$(job_spec "$image" "$output_dir" "$replicas" "$machine_type" \

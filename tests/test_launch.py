@@ -277,7 +277,7 @@ def test_gce_worker_scripts_quote_what_they_pass_on(tmp_path):
 # ---- launch/vertex.sh and launch/k8s.sh: the job files they write, and the command
 
 # Flags that would break a shell line, a YAML scalar or gcloud's comma-separated lists.
-AWKWARD_FLAGS = ["--run_name=it's", '--note=a, b: {c}', '--path=C:\\x "y" $(z)']
+AWKWARD_FLAGS = ["--label=it's", '--note=a, b: {c}', '--path=C:\\x "y" $(z)']
 
 
 def written_file_and_command(dry_run_output):
@@ -482,6 +482,76 @@ def _project(requirement):
 # ---- All three
 
 
+# Bash arithmetic reads a leading zero as octal: 08 and 09 are errors there, and 010 is 8.
+@pytest.mark.parametrize('script, args', [
+    ('launch/gce.sh', ['--package=foo', 'create']),
+    ('launch/gce.sh', ['train', '--', '--run_dir=gs://bucket/runs/a']),
+    ('launch/vertex.sh', ['--image=x', '--output_dir=gs://bucket/a']),
+    ('launch/k8s.sh', ['--image=x', '--', '--run_dir=gs://bucket/a']),
+])
+@pytest.mark.parametrize('gpus', ['08', '09', '010', '+1', ' 1'])
+def test_gpu_counts_are_plain_decimal_numbers(script, args, gpus):
+  result = launch(script, '--dry-run', f'--gpus={gpus}', *args)
+  assert result.returncode == 2, result.stdout
+  assert result.stdout == ''
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: --gpus=') and 'decimal' in lines[0], lines
+
+
+def test_ten_gpus_are_requested_as_ten(tmp_path):
+  create = launch('launch/gce.sh', '--dry-run', '--gpus=10', '--package=foo',
+                  f'--log_dir={tmp_path}', 'create')
+  assert create.returncode == 0, create.stderr
+  command, = [shlex.split(line) for line in create.stdout.splitlines() if line.startswith('gcloud')]
+  assert '--accelerator=type=nvidia-tesla-t4,count=10' in command
+  vertex = launch('launch/vertex.sh', '--dry-run', '--image=x', '--gpus=10',
+                  '--output_dir=gs://bucket/a', f'--log_dir={tmp_path}')
+  spec, _ = written_file_and_command(vertex.stdout)
+  assert spec['workerPoolSpecs'][0]['machineSpec']['acceleratorCount'] == 10
+  assert spec['workerPoolSpecs'][0]['containerSpec']['args'] == ['--num_gpus=10']
+
+
+# The trainer (absl) takes the last of repeated flags, in the forms --f=v, --f v, -f=v and -f v.
+@pytest.mark.parametrize('script, args', [
+    ('launch/gce.sh', ['train', '--']),
+    ('launch/vertex.sh', ['--image=x', '--output_dir=gs://bucket/a', '--']),
+    ('launch/k8s.sh', ['--image=x', '--pvc=claim', '--']),
+])
+@pytest.mark.parametrize('run_dirs', [
+    ['--run_dir=gs://bucket/r', '--run_dir=runs/local'],
+    ['--run_dir=gs://bucket/r', '--run_dir', 'runs/local'],
+    ['--run_dir=gs://bucket/r', '-run_dir=runs/local'],
+])
+def test_the_run_folder_checked_is_the_one_the_trainer_uses(script, args, run_dirs):
+  result = launch(script, '--dry-run', *args, *run_dirs)
+  assert result.returncode == 2, result.stdout
+  assert result.stdout == ''
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and 'runs/local' in lines[0], lines
+
+
+@pytest.mark.parametrize('script, args', [
+    ('launch/gce.sh', ['train', '--', '--run_dir=runs/local', '--run_dir=gs://bucket/r']),
+    ('launch/gce.sh', ['train', '--', '--run_dir', 'gs://bucket/r']),
+    ('launch/vertex.sh', ['--image=x', '--', '--run_dir=runs/local', '--run_dir=gs://bucket/r']),
+    ('launch/k8s.sh', ['--image=x', '--pvc=claim', '--', '--run_dir=gs://b/r', '--run_dir=/runs/a'
+                      ]),
+])
+def test_a_later_shared_run_folder_wins(script, args):
+  result = launch(script, '--dry-run', *args)
+  assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize('hosts', ['-Fevil.cfg', 'gpu1,-oProxyCommand', '-Fevil@gpu1', 'me@-Fevil'])
+def test_ssh_hosts_cannot_be_taken_for_options(hosts):
+  result = launch('launch/ssh.sh', '--dry-run', f'--hosts={hosts}', '--', '--epochs=1')
+  assert result.returncode == 2, result.stdout
+  assert result.stdout == ''
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      'error: --hosts entry') and "'-'" in lines[0], lines
+
+
 @pytest.mark.parametrize('script', SCRIPTS)
 def test_help(script):
   result = launch(script, '--help')
@@ -497,7 +567,10 @@ def test_help(script):
     ('launch/gce.sh', ['create'], 'create needs --staging=gs://'),
     ('launch/vertex.sh', ['--', '--run_dir=gs://bucket/a'], 'give the image'),
     ('launch/vertex.sh', ['--image=a b', '--output_dir=gs://bucket/a'], '--image=a\\ b is not'),
-    ('launch/vertex.sh', ['--image=x', '--', '--run_dir=runs/a'], 'needs a Cloud Storage folder'),
+    ('launch/vertex.sh', ['--image=x'], 'needs a Cloud Storage folder'),
+    ('launch/vertex.sh', ['--image=x', '--', '--run_dir=runs/a'], 'is not on Cloud Storage'),
+    ('launch/vertex.sh', ['--image=x', '--output_dir=gs://bucket/a', '--', '--run_name=a'
+                         ], "--run_name puts the run folder on the machine's disk"),
     ('launch/vertex.sh', [
         '--image=x', '--accelerator=nvidia-tesla-t4', '--output_dir=gs://bucket/a'
     ], '--accelerator=nvidia-tesla-t4 is not a Vertex AI GPU type'),
