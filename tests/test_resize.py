@@ -122,3 +122,21 @@ def test_exported_savedmodel_serves_uint8_and_model_keras_loads(tmp_path, digits
   assert isinstance(resize, MatmulResize)
   assert (resize.height, resize.width, resize.interpolation) == (32, 32, 'bicubic')
   np.testing.assert_allclose(loaded(digits, training=False), expected, rtol=0, atol=1e-6)
+
+
+def test_a_uint8_model_converts_to_tflite_and_runs_at_any_batch(digits):
+  # With the resize as einsums, the converter succeeded but the interpreter refused the model
+  # ("BytesRequired number of elements overflowed") over the einsums' reshapes of the batch.
+  model = uint8_digit_classifier()
+  serve = tf.function(lambda images: model(images, training=False),
+                      input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.uint8)])
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()],
+                                                              model)
+  interpreter = tf.lite.Interpreter(model_content=converter.convert())
+  for batch in (digits, digits[:1]):
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]['index'], batch.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]['index'], batch)
+    interpreter.invoke()
+    probabilities = interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
+    np.testing.assert_allclose(probabilities, model(batch), rtol=0, atol=1e-6)
