@@ -139,8 +139,8 @@ class TrainConfig:
       'machine give the same history and metrics (slower).')
   # ---- Outputs
   run_dir: str = setting(
-      '', 'Run folder (default $AIP_MODEL_DIR, else '
-      'runs/<run_name>); an existing one is resumed.')
+      '', 'Run folder (default runs/<run_name>; in a Vertex AI job with an output folder, '
+      'BASE/run beside AIP_MODEL_DIR=BASE/model/); an existing one is resumed.')
   run_name: str = setting('', 'Name of the run folder under runs/ (default: the start time).')
   export: bool = setting(True, 'Export a SavedModel that takes raw images at the end.')
   profile_steps: str = setting(

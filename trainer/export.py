@@ -30,7 +30,8 @@ cli.define_flags(TrainConfig, __name__, names=['run_dir'])
 
 
 def export_model(model: keras.Model, out_dir: str) -> str:
-  """Writes the SavedModel to `out_dir`/export and the Keras model beside it; returns the former."""
+  """Writes the SavedModel to `out_dir`/export (on Vertex AI: AIP_MODEL_DIR) and the Keras model
+  to `out_dir`; returns the SavedModel's folder."""
   # A new Model over the same layers and weights, without the optimizer and the loss that
   # `compile` attached: serving needs neither, and a custom loss would make loading the
   # Keras file fail unless the reader passed it in custom_objects.
@@ -39,7 +40,7 @@ def export_model(model: keras.Model, out_dir: str) -> str:
   # every layer: it writes about 5x and loads about 5x faster. model.keras is the Keras model.
   served = tf.Module()
   served.weights = list(model.weights)
-  export_dir = runs.path(out_dir, runs.EXPORT_DIR)
+  export_dir = runs.export_dir(out_dir)
   tf.saved_model.save(served, export_dir, signatures={SIGNATURE: serving_signature(model)})
   model.save(runs.path(out_dir, runs.KERAS_MODEL_FILE))
   logging.info('Exported SavedModel to %s', export_dir)

@@ -9,10 +9,17 @@
   backup/STAGE/            BackupAndRestore's state while a stage is in flight
   history.csv              per-epoch metrics, appended across resumes
   metrics.json             test results; its presence marks the run as finished
-  export/, model.keras     the SavedModel that takes raw images, and the Keras model
+  export/, model.keras     the SavedModel that takes raw images (on Vertex AI: at
+                           AIP_MODEL_DIR instead), and the Keras model
 
 An existing folder is resumed, but only by the same configuration: a different one,
 or a finished run, is refused rather than overwritten.
+
+On Vertex AI, with a job output folder (baseOutputDirectory, BASE), the job gets
+AIP_MODEL_DIR=BASE/model/, where a model import and a prebuilt serving container read
+saved_model.pb at the root. The SavedModel goes there, and the run folder, by default,
+is BASE/run: the same for every restart of the job and every job given the same folder,
+so they resume it.
 """
 import contextlib
 import csv
@@ -23,6 +30,7 @@ import io
 import json
 import math
 import os
+import posixpath
 import socket
 from typing import Dict, Iterator, Optional
 
@@ -47,10 +55,11 @@ BEST_CHECKPOINT = os.path.join(CHECKPOINT_DIR, 'best')
 BACKUP_DIR = 'backup'
 EXPORT_DIR = 'export'
 KERAS_MODEL_FILE = 'model.keras'
-# Vertex AI custom jobs name the run's output folder, and the folder its TensorBoard
+# Vertex AI custom jobs name the folder for the model, and the folder its TensorBoard
 # instance reads, in these variables.
 VERTEX_MODEL_DIR = 'AIP_MODEL_DIR'
 VERTEX_TENSORBOARD_DIR = 'AIP_TENSORBOARD_LOG_DIR'
+VERTEX_RUN_DIR = 'run'  # beside AIP_MODEL_DIR: BASE/run
 
 
 def path(run_dir: str, name: str) -> str:
@@ -60,10 +69,24 @@ def path(run_dir: str, name: str) -> str:
 
 def log_dir(run_dir: str) -> str:
   """Where TensorBoard logs go: RUN/logs, or Vertex AI's TensorBoard folder when the run
-  folder is the one Vertex AI gave the job."""
-  if os.environ.get(VERTEX_TENSORBOARD_DIR) and run_dir == os.environ.get(VERTEX_MODEL_DIR):
+  folder is the one for the Vertex AI job."""
+  if os.environ.get(VERTEX_TENSORBOARD_DIR) and run_dir == vertex_run_dir():
     return os.environ[VERTEX_TENSORBOARD_DIR]
   return path(run_dir, LOG_DIR)
+
+
+def export_dir(run_dir: str) -> str:
+  """Where the SavedModel goes: AIP_MODEL_DIR in a Vertex AI job that has one, else RUN/export."""
+  return os.environ.get(VERTEX_MODEL_DIR) or path(run_dir, EXPORT_DIR)
+
+
+def vertex_run_dir() -> Optional[str]:
+  """BASE/run for a Vertex AI job whose AIP_MODEL_DIR is BASE/model/; None outside one."""
+  model_dir = os.environ.get(VERTEX_MODEL_DIR)
+  if not model_dir:
+    return None
+  # posixpath: gs:// paths use slashes whatever the machine's separator.
+  return posixpath.join(posixpath.dirname(model_dir.rstrip('/')), VERTEX_RUN_DIR)
 
 
 def stage_checkpoint(run_dir: str, stage: str) -> str:
@@ -79,9 +102,10 @@ def checkpoint_exists(prefix: str) -> bool:
 
 
 def default_run_dir(run_name: str = '') -> str:
-  """runs/<run_name or the start time>, or the folder Vertex AI gives the job."""
-  if not run_name and os.environ.get(VERTEX_MODEL_DIR):
-    return os.environ[VERTEX_MODEL_DIR]
+  """runs/<run_name or the start time>, or the run folder of a Vertex AI job."""
+  vertex = vertex_run_dir()
+  if not run_name and vertex:
+    return vertex
   return os.path.join('runs', run_name or datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
 
 
