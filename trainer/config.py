@@ -13,6 +13,7 @@ STEM_INITS = ('copy', 'random')
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
 TRAIN_MODES = ('finetune', 'transfer', 'two_stage')
 PRECISIONS = ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')
+TFLITE_CHOICES = ('none', 'float32', 'dynamic_range')
 MIN_IMAGE_SIZE = 32  # the smallest input keras.applications' DenseNet121 accepts
 # --learning_rate is the peak rate for this global batch; it scales linearly with the batch.
 REFERENCE_BATCH_SIZE = 256
@@ -160,6 +161,15 @@ class TrainConfig:
   collective_timeout: int = setting(600, 'Multi-worker: seconds before a lost worker stops the '
                                     'others with an error.',
                                     lower=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """python -m trainer.export's own flags (with --run_dir)."""
+  tflite: str = setting(
+      'none', 'Also write the model for TensorFlow Lite to RUN/model.tflite: float32, or '
+      'dynamic_range (8-bit weights, about 4x smaller; tf.lite.Optimize.DEFAULT).',
+      choices=TFLITE_CHOICES)
 
 
 # These may change between a run and its resumption without changing what it trains.

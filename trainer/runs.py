@@ -9,8 +9,8 @@
   backup/STAGE/            BackupAndRestore's state while a stage is in flight
   history.csv              per-epoch metrics, appended across resumes
   metrics.json             test results; its presence marks the run as finished
-  export/, model.keras     the SavedModel that takes raw images (on Vertex AI: at
-                           AIP_MODEL_DIR instead), and the Keras model
+  export/                  the SavedModel (on Vertex AI: AIP_MODEL_DIR instead)
+  model.keras, model.tflite the Keras model (built-in layers only) and the TFLite one
 
 An existing folder is resumed, but only by the same configuration: a different one,
 or a finished run, is refused rather than overwritten.
@@ -55,6 +55,7 @@ BEST_CHECKPOINT = os.path.join(CHECKPOINT_DIR, 'best')
 BACKUP_DIR = 'backup'
 EXPORT_DIR = 'export'
 KERAS_MODEL_FILE = 'model.keras'
+TFLITE_FILE = 'model.tflite'
 # Vertex AI custom jobs name the folder for the model, and the folder its TensorBoard
 # instance reads, in these variables.
 VERTEX_MODEL_DIR = 'AIP_MODEL_DIR'
@@ -78,6 +79,16 @@ def log_dir(run_dir: str) -> str:
 def export_dir(run_dir: str) -> str:
   """Where the SavedModel goes: AIP_MODEL_DIR in a Vertex AI job that has one, else RUN/export."""
   return os.environ.get(VERTEX_MODEL_DIR) or path(run_dir, EXPORT_DIR)
+
+
+def run_dir_of_export(export_dir: str) -> Optional[str]:
+  """The run folder whose SavedModel is `export_dir` (RUN/export, or a Vertex AI job's
+  BASE/model for BASE/run), or None if no run folder is there."""
+  parent = posixpath.dirname(export_dir.rstrip('/'))
+  for run_dir in (parent, posixpath.join(parent, VERTEX_RUN_DIR)):
+    if tf.io.gfile.exists(path(run_dir, CONFIG_FILE)):
+      return run_dir
+  return None
 
 
 def vertex_run_dir() -> Optional[str]:
