@@ -95,7 +95,7 @@ main() {
   [[ $command == train || $# == 0 ]] ||
     die "trainer flags go only with train; drop them, or say train"
   check_value --workers "$workers" '^[1-9][0-9]{0,2}$' "a number of VMs; e.g. --workers=2"
-  check_value --gpus "$gpus" '^[0-9]{1,2}$' "a number of GPUs per VM; e.g. --gpus=1"
+  check_gpus --gpus "$gpus"
   check_port --port "$port"
   check_value --name "$name" "$NAME_PATTERN" \
     "a VM name prefix; use lowercase letters, digits and hyphens, e.g. --name=densenet"
@@ -147,9 +147,12 @@ main() {
       echo "# The VMs install the package at first boot (about 10 minutes); train waits for it."
       ;;
     train)
-      [[ " $* " == *" --run_dir=gs://"* ]] ||
-        die "train needs --run_dir=gs://BUCKET/runs/NAME among the trainer flags;" \
-          "add it: the workers share that folder"
+      local run_dir
+      run_dir=$(flag_value run_dir "$@")
+      [[ $run_dir == gs://* ]] ||
+        die "train needs --run_dir=gs://BUCKET/runs/NAME among the trainer flags, and the" \
+          "last --run_dir wins (here: $(printf %q "${run_dir:-none}")); give one: the workers share" \
+          "that folder"
       start_workers "$port" "$gpus" "$log_dir" "${vms[@]}" -- "$@"
       ;;
     delete)

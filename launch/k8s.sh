@@ -70,7 +70,7 @@ main() {
   [[ -n $image ]] || die "give the image, e.g. --image=REGISTRY/densenet:1; see --help"
   check_value --image "$image" "$IMAGE_PATTERN" "an image; e.g. --image=REGISTRY/densenet:1"
   check_value --replicas "$replicas" '^[1-9][0-9]{0,2}$' "a number of pods; e.g. --replicas=2"
-  check_value --gpus "$gpus" '^[0-9]{1,2}$' "a number of GPUs per pod; e.g. --gpus=1"
+  check_gpus --gpus "$gpus"
   check_value --name "$name" "$NAME_PATTERN" \
     "a TFJob name; use lowercase letters, digits and hyphens, e.g. --name=mnist-rgb"
   [[ -z $namespace ]] || check_value --namespace "$namespace" "$NAME_PATTERN" \
@@ -82,9 +82,12 @@ main() {
   check_value --log_dir "$log_dir" '^[^[:cntrl:]]+$' "a folder; e.g. --log_dir=logs/k8s"
   check_trainer_flags "$@"
   # A pod's own disk goes with the pod, and all pods must write one folder.
-  has_flag --run_dir=gs:// "$@" || { [[ -n $pvc ]] && has_flag "--run_dir=$RUNS_MOUNT/" "$@"; } ||
-    die "the pods need a run folder they all see; give the trainer flag" \
-      "--run_dir=gs://BUCKET/runs/NAME, or --pvc=CLAIM and --run_dir=$RUNS_MOUNT/NAME"
+  local run_dir
+  run_dir=$(flag_value run_dir "$@")
+  [[ $run_dir == gs://* ]] || { [[ -n $pvc && $run_dir == "$RUNS_MOUNT"/* ]]; } ||
+    die "the pods need a run folder they all see, and the last trainer flag --run_dir wins" \
+      "(here: $(printf %q "${run_dir:-none}")); give --run_dir=gs://BUCKET/runs/NAME, or" \
+      "--pvc=CLAIM and --run_dir=$RUNS_MOUNT/NAME"
 
   local file="$log_dir/tfjob.yaml"
   write_file "$file" "$(tfjob "$name" "$namespace" "$replicas" "$image" "$gpus" "$pvc" \

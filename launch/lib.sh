@@ -44,6 +44,13 @@ IMAGE_PATTERN='^[a-z0-9][-a-zA-Z0-9._/:]*(@sha256:[0-9a-f]{64})?$'
 # A Cloud Storage folder.
 GS_PATTERN='^gs://[a-z0-9][-a-z0-9_.]{1,220}[a-z0-9](/[^[:cntrl:]]*)?$'
 
+# Dies unless flag $1's value $2 is a number of GPUs, 0 to 99, in decimal digits without
+# a leading zero: bash arithmetic reads 010 as octal 8, and 08 as an error.
+check_gpus() {
+  check_value "$1" "$2" '^(0|[1-9][0-9]?)$' \
+    "a decimal number of GPUs from 0 to 99 without leading zeros; e.g. $1=1"
+}
+
 check_port() {
   check_value "$1" "$2" '^[1-9][0-9]{0,4}$' "a port number; use 1 to 65535"
   (($2 <= 65535)) || die "$1=$2 is not a port number; use 1 to 65535"
@@ -59,14 +66,26 @@ check_trainer_flags() {
   done
 }
 
-# Whether a trainer flag among $2... starts with $1 (e.g. --run_dir=gs://).
-has_flag() {
-  local prefix=$1 flag
+# The value the trainer will use for its flag $1 (a name without dashes) among the
+# trainer flags $2...: like absl, the last one wins, in any of the forms --NAME=VALUE,
+# --NAME VALUE, -NAME=VALUE and -NAME VALUE; nothing after --. Empty if none is given.
+flag_value() {
+  local name=$1 value=''
   shift
-  for flag in "$@"; do
-    [[ $flag != "$prefix"* ]] || return 0
+  while (($#)); do
+    case $1 in
+      --) break ;;
+      --"$name"=* | -"$name"=*) value=${1#*=} ;;
+      --"$name" | -"$name")
+        if (($# > 1)); then
+          value=$2
+          shift
+        fi
+        ;;
+    esac
+    shift
   done
-  return 1
+  printf '%s' "$value"
 }
 
 # $1 as a JSON string, which YAML reads the same way. Control characters are refused

@@ -58,6 +58,10 @@ main() {
   for target in "${targets[@]}"; do
     [[ $target =~ ^([A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+$ ]] ||
       die "--hosts entry '$target' is not [user@]host; separate hosts with commas"
+    # ssh would take it for an option (-F reads another config file, -o sets anything).
+    [[ $target != -* && $target != *@-* ]] ||
+      die "--hosts entry '$target' starts with '-', which ssh reads as an option; give" \
+        "[user@]host names"
     addresses+=("${target#*@}:$port")
   done
 

@@ -22,9 +22,16 @@ TF_CONFIG. The job spec goes to LOG_DIR/job.yaml. The run folder must be on
 Cloud Storage: --output_dir, or --run_dir=gs://... among the trainer flags.
 
   --image=URI           the image, pushed where Vertex AI can pull it (required)
-  --output_dir=gs://DIR the job's output folder; Vertex AI sets AIP_MODEL_DIR to
-                        DIR/model/, the trainer's run folder when the trainer
-                        flags have no --run_dir or --run_name
+  --output_dir=gs://DIR the job's output folder: the SavedModel goes to DIR/model/
+                        (AIP_MODEL_DIR, what a Vertex AI model import reads) and,
+                        unless the trainer flags give --run_dir, the run folder
+                        is DIR/run/ and the TensorBoard logs go to DIR/logs/
+  --tensorboard=NAME    a Vertex AI TensorBoard instance that shows the logs as
+                        they are written, projects/P/locations/REGION/tensorboards/ID
+                        in the job's region; needs --output_dir, no trainer
+                        --run_dir, and --service_account
+  --service_account=EMAIL  the service account the job runs as; it must be able to
+                        write the output folder (and the TensorBoard instance)
   --replicas=N          machines, one trainer each [1]
   --machine_type=TYPE   [n1-standard-8]
   --accelerator=TYPE    GPU type, as Vertex AI spells it [NVIDIA_TESLA_T4]
@@ -41,6 +48,7 @@ EOF
 main() {
   local image='' output_dir='' replicas=1 machine_type=n1-standard-8
   local accelerator=NVIDIA_TESLA_T4 gpus=1 region=us-central1 project='' name log_dir
+  local tensorboard='' service_account=''
   name="densenet-$(date +%Y%m%d-%H%M%S)"
   log_dir="logs/vertex-${name#densenet-}"
   while (($#)); do
@@ -49,6 +57,8 @@ main() {
       --dry-run) DRY_RUN=true ;;
       --image=*) image=${1#*=} ;;
       --output_dir=*) output_dir=${1#*=} ;;
+      --tensorboard=*) tensorboard=${1#*=} ;;
+      --service_account=*) service_account=${1#*=} ;;
       --replicas=*) replicas=${1#*=} ;;
       --machine_type=*) machine_type=${1#*=} ;;
       --accelerator=*) accelerator=${1#*=} ;;
@@ -67,7 +77,7 @@ main() {
   check_value --image "$image" "$IMAGE_PATTERN" \
     "an image; e.g. --image=us-central1-docker.pkg.dev/PROJECT/REPO/densenet:1"
   check_value --replicas "$replicas" '^[1-9][0-9]{0,2}$' "a number of machines; e.g. --replicas=2"
-  check_value --gpus "$gpus" '^[0-9]{1,2}$' "a number of GPUs per machine; e.g. --gpus=1"
+  check_gpus --gpus "$gpus"
   check_value --machine_type "$machine_type" "$GCLOUD_ID_PATTERN" \
     "a machine type; e.g. --machine_type=n1-standard-8"
   check_value --accelerator "$accelerator" '^[A-Z][A-Z0-9_]*$' \
@@ -82,24 +92,67 @@ main() {
     "a Cloud Storage folder; e.g. --output_dir=gs://BUCKET/runs/NAME"
   check_trainer_flags "$@"
   # The machines' disks go with the job, and the replicas must share the run folder.
-  [[ -n $output_dir ]] || has_flag --run_dir=gs:// "$@" ||
-    die "the run needs a Cloud Storage folder; give --output_dir=gs://BUCKET/runs/NAME" \
-      "or the trainer flag --run_dir=gs://BUCKET/runs/NAME"
+  local run_dir
+  run_dir=$(flag_value run_dir "$@")
+  if [[ -n $run_dir ]]; then
+    [[ $run_dir == gs://* ]] ||
+      die "the trainer flag --run_dir=$(printf %q "$run_dir") (the last --run_dir wins) is not on" \
+        "Cloud Storage; give --run_dir=gs://BUCKET/runs/NAME, or --output_dir=gs://BUCKET/runs/NAME" \
+        "and no --run_dir"
+  else
+    [[ -n $output_dir ]] ||
+      die "the run needs a Cloud Storage folder; give --output_dir=gs://BUCKET/runs/NAME" \
+        "or the trainer flag --run_dir=gs://BUCKET/runs/NAME"
+    # The trainer names its folder runs/NAME after --run_name, on the replica's own disk.
+    [[ -z $(flag_value run_name "$@") ]] ||
+      die "the trainer flag --run_name puts the run folder on the machine's disk, which goes" \
+        "with the job; drop it (--output_dir names the run), or give --run_dir=gs://BUCKET/runs/NAME"
+  fi
+
+  check_tensorboard "$tensorboard" "$region" "$output_dir" "$run_dir" "$service_account"
 
   local spec="$log_dir/job.yaml"
   write_file "$spec" "$(job_spec "$image" "$output_dir" "$replicas" "$machine_type" \
-    "$accelerator" "$gpus" "$@")"
+    "$accelerator" "$gpus" "$service_account" "$tensorboard" "$@")"
   local create=(gcloud ai custom-jobs create "--region=$region" "--display-name=$name"
     "--config=$spec")
   [[ -z $project ]] || create+=("--project=$project")
   run "${create[@]}"
 }
 
+# Dies unless the --tensorboard and --service_account given can work together.
+# Arguments: TENSORBOARD REGION OUTPUT_DIR RUN_DIR SERVICE_ACCOUNT
+check_tensorboard() {
+  local tensorboard=$1 region=$2 output_dir=$3 run_dir=$4 service_account=$5
+  [[ -z $service_account ]] || check_value --service_account "$service_account" \
+    '^[a-z0-9][-a-z0-9]*@[a-z0-9][-a-z0-9.]*[.]gserviceaccount[.]com$' \
+    "a service account's email; e.g. --service_account=NAME@PROJECT.iam.gserviceaccount.com"
+  [[ -n $tensorboard ]] || return 0
+  check_value --tensorboard "$tensorboard" \
+    '^projects/[-a-z0-9.:]+/locations/[a-z0-9-]+/tensorboards/[0-9]+$' \
+    "a TensorBoard instance; e.g. --tensorboard=projects/PROJECT/locations/$region/tensorboards/ID"
+  local location=${tensorboard#*/locations/}
+  location=${location%%/*}
+  [[ $location == "$region" ]] ||
+    die "--tensorboard is in $location but the job in --region=$region; give" \
+      "--region=$location, or an instance in $region"
+  # Vertex AI streams AIP_TENSORBOARD_LOG_DIR (DIR/logs/), which it sets only for a job with
+  # an output folder; the trainer writes there only for the run folder under it.
+  [[ -n $output_dir && -z $run_dir ]] ||
+    die "--tensorboard shows the logs under --output_dir, where the trainer writes them when" \
+      "the trainer flags give no --run_dir; give --output_dir=gs://BUCKET/runs/NAME and drop --run_dir"
+  [[ -n $service_account ]] ||
+    die "--tensorboard needs --service_account=EMAIL: Vertex AI uploads the logs only for a job" \
+      "that runs as a service account"
+}
+
 # The CustomJobSpec: the chief in worker pool 0, the other replicas in pool 1.
-# Arguments: IMAGE OUTPUT_DIR REPLICAS MACHINE_TYPE ACCELERATOR GPUS TRAINER FLAGS...
+# Arguments: IMAGE OUTPUT_DIR REPLICAS MACHINE_TYPE ACCELERATOR GPUS SERVICE_ACCOUNT
+#            TENSORBOARD TRAINER FLAGS...
 job_spec() {
   local image=$1 output_dir=$2 replicas=$3 machine_type=$4 accelerator=$5 gpus=$6
-  shift 6
+  local service_account=$7 tensorboard=$8
+  shift 8
   local pool_replicas pools=(1)
   ((replicas == 1)) || pools+=("$((replicas - 1))")
   echo 'workerPoolSpecs:'
@@ -119,6 +172,8 @@ job_spec() {
     echo 'baseOutputDirectory:'
     echo "  outputUriPrefix: $(json_string "$output_dir")"
   fi
+  [[ -z $service_account ]] || echo "serviceAccount: $(json_string "$service_account")"
+  [[ -z $tensorboard ]] || echo "tensorboard: $(json_string "$tensorboard")"
 }
 
 # One line: bash reads a script while it runs, so an edit (a git pull) during a long

@@ -4,6 +4,7 @@ Fixtures live in conftest.py; plain functions and constants live here, so test m
 import this module and never each other.
 """
 import gzip
+import io
 import os
 import socket
 import struct
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from PIL import Image, ImageDraw
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from trainer import idx, main
@@ -186,3 +188,24 @@ def error_line(result):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('error: '), result.stderr[-2000:]
   return last
+
+
+# ---- Image files
+
+
+def draw_seven(size=(90, 120), ink=30, paper=230):
+  """A 7 in dark ink on light paper, taller than wide, as a phone might photograph it."""
+  width, height = size
+  image = Image.new('L', size, paper)
+  ImageDraw.Draw(image).line([(0.25 * width, 0.2 * height), (0.75 * width, 0.2 * height),
+                              (0.4 * width, 0.8 * height)],
+                             fill=ink,
+                             width=width // 8)
+  return image
+
+
+def encode(image, file_format='PNG', **options):
+  """`image` (a Pillow image) as the bytes of a file."""
+  out = io.BytesIO()
+  image.save(out, file_format, **options)
+  return out.getvalue()

@@ -3,6 +3,7 @@ vertex.sh and k8s.sh would run (their --dry-run), since this machine has no SSH 
 cluster or Docker daemon; and what the Dockerfile builds."""
 import configparser
 import glob
+import importlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import zipfile
 
 import pytest
 import yaml
+from google.protobuf import json_format
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 SCRIPTS = ['launch/local.sh', 'launch/ssh.sh', 'launch/gce.sh', 'launch/vertex.sh', 'launch/k8s.sh']
@@ -277,7 +279,7 @@ def test_gce_worker_scripts_quote_what_they_pass_on(tmp_path):
 # ---- launch/vertex.sh and launch/k8s.sh: the job files they write, and the command
 
 # Flags that would break a shell line, a YAML scalar or gcloud's comma-separated lists.
-AWKWARD_FLAGS = ["--run_name=it's", '--note=a, b: {c}', '--path=C:\\x "y" $(z)']
+AWKWARD_FLAGS = ["--label=it's", '--note=a, b: {c}', '--path=C:\\x "y" $(z)']
 
 
 def written_file_and_command(dry_run_output):
@@ -285,6 +287,90 @@ def written_file_and_command(dry_run_output):
   files = re.findall(r"<<'EOF'\n(.*?)\nEOF\n", dry_run_output, re.S)
   assert len(files) == 1, dry_run_output
   return yaml.safe_load(files[0]), shlex.split(dry_run_output.strip().splitlines()[-1])
+
+
+# google.cloud.aiplatform_v1's CustomJobSpec and the messages in it, as JSON names them: each
+# field, and the message it holds (None: a value). A fixed copy, so that a fresh virtualenv
+# without google-cloud-aiplatform (a large install) still checks every name the script writes;
+# where the package is installed, the spec is parsed by it too, and this copy checked against it.
+CUSTOM_JOB_SPEC = {
+    'CustomJobSpec': {
+        'persistentResourceId': None,
+        'workerPoolSpecs': 'WorkerPoolSpec',
+        'scheduling': None,
+        'serviceAccount': None,
+        'network': None,
+        'reservedIpRanges': None,
+        'pscInterfaceConfig': None,
+        'baseOutputDirectory': 'GcsDestination',
+        'protectedArtifactLocationId': None,
+        'tensorboard': None,
+        'enableWebAccess': None,
+        'enableDashboardAccess': None,
+        'experiment': None,
+        'experimentRun': None,
+        'models': None,
+    },
+    'WorkerPoolSpec': {
+        'containerSpec': 'ContainerSpec',
+        'pythonPackageSpec': None,
+        'machineSpec': 'MachineSpec',
+        'replicaCount': None,
+        'nfsMounts': None,
+        'lustreMounts': None,
+        'diskSpec': None,
+    },
+    'MachineSpec': {
+        'machineType': None,
+        'acceleratorType': None,
+        'acceleratorCount': None,
+        'gpuPartitionSize': None,
+        'tpuTopology': None,
+        'reservationAffinity': None,
+    },
+    'ContainerSpec': {
+        'imageUri': None,
+        'command': None,
+        'args': None,
+        'env': None
+    },
+    'GcsDestination': {
+        'outputUriPrefix': None
+    },
+}
+
+
+def aiplatform_v1():
+  """google.cloud.aiplatform_v1, or None where google-cloud-aiplatform is not installed."""
+  try:
+    return importlib.import_module('google.cloud.aiplatform_v1')
+  except ImportError:
+    return None
+
+
+def assert_is_a_custom_job_spec(spec, message='CustomJobSpec'):
+  """Every field of `spec` is one that `message` has, recursively; and where the package is
+  installed, it parses `spec` strictly (unknown fields and enum values fail)."""
+  items = spec if isinstance(spec, list) else [spec]
+  for item in items:
+    assert set(item) <= set(CUSTOM_JOB_SPEC[message]), (message, set(item))
+    for field, value in item.items():
+      if CUSTOM_JOB_SPEC[message][field]:
+        assert_is_a_custom_job_spec(value, CUSTOM_JOB_SPEC[message][field])
+  package = aiplatform_v1()
+  if package and message == 'CustomJobSpec':
+    json_format.ParseDict(spec, package.CustomJobSpec.pb(package.CustomJobSpec()))
+
+
+@pytest.mark.skipif(aiplatform_v1() is None, reason='pip install google-cloud-aiplatform')
+def test_the_fixed_copy_of_custom_job_spec_is_the_package_s():
+  package = aiplatform_v1()
+  for message, fields in CUSTOM_JOB_SPEC.items():
+    descriptor = getattr(package, message).pb().DESCRIPTOR
+    assert {field.json_name for field in descriptor.fields} == set(fields), message
+    for field in descriptor.fields:
+      held = field.message_type.name if field.message_type else None
+      assert fields[field.json_name] in (None, held), (message, field.json_name)
 
 
 def test_vertex_dry_run_puts_the_chief_in_pool_0_and_the_other_replicas_in_pool_1(tmp_path):
@@ -306,6 +392,7 @@ def test_vertex_dry_run_puts_the_chief_in_pool_0_and_the_other_replicas_in_pool_
           'args': ['--num_gpus=2', *AWKWARD_FLAGS]
       }
   }
+  assert_is_a_custom_job_spec(spec)
   assert spec == {
       'workerPoolSpecs': [{
           **pool, 'replicaCount': 1
@@ -328,6 +415,7 @@ def test_vertex_one_replica_is_a_chief_alone(tmp_path):
                   f'--log_dir={tmp_path}', '--', '--run_dir=gs://bucket/runs/a')
   assert result.returncode == 0, result.stderr
   spec, _ = written_file_and_command(result.stdout)
+  assert_is_a_custom_job_spec(spec)
   assert spec == {
       'workerPoolSpecs': [{
           'machineSpec': {
@@ -340,6 +428,43 @@ def test_vertex_one_replica_is_a_chief_alone(tmp_path):
           }
       }]
   }
+
+
+TENSORBOARD = 'projects/my-project/locations/us-central1/tensorboards/123'
+SERVICE_ACCOUNT = 'trainer@my-project.iam.gserviceaccount.com'
+
+
+def test_vertex_streams_the_logs_to_a_tensorboard_instance(tmp_path):
+  result = launch('launch/vertex.sh', '--dry-run', '--image=gcr.io/proj/densenet',
+                  '--output_dir=gs://bucket/runs/a', f'--tensorboard={TENSORBOARD}',
+                  f'--service_account={SERVICE_ACCOUNT}', f'--log_dir={tmp_path}', '--',
+                  '--epochs=1')
+  assert result.returncode == 0, result.stderr
+  spec, _ = written_file_and_command(result.stdout)
+  assert_is_a_custom_job_spec(spec)
+  assert (spec['tensorboard'], spec['serviceAccount']) == (TENSORBOARD, SERVICE_ACCOUNT)
+  assert spec['baseOutputDirectory'] == {'outputUriPrefix': 'gs://bucket/runs/a'}
+
+
+@pytest.mark.parametrize('args, expected', [
+    ([f'--tensorboard={TENSORBOARD}'], '--tensorboard needs --service_account'),
+    ([
+        f'--tensorboard={TENSORBOARD}', f'--service_account={SERVICE_ACCOUNT}',
+        '--region=europe-west4'
+    ], '--tensorboard is in us-central1 but the job in --region=europe-west4'),
+    ([
+        f'--tensorboard={TENSORBOARD}', f'--service_account={SERVICE_ACCOUNT}', '--',
+        '--run_dir=gs://bucket/runs/b'
+    ], 'drop --run_dir'),
+    (['--tensorboard=my-board', f'--service_account={SERVICE_ACCOUNT}'
+     ], '--tensorboard=my-board is not a TensorBoard instance'),
+    (['--service_account=trainer'], '--service_account=trainer is not a service account'),
+])
+def test_vertex_refuses_a_tensorboard_the_logs_would_not_reach(args, expected):
+  result = launch('launch/vertex.sh', '--dry-run', '--image=x', '--output_dir=gs://bucket/a', *args)
+  assert result.returncode == 2, result.stdout
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and expected in lines[0], lines
 
 
 def test_k8s_dry_run_renders_a_tfjob_of_a_chief_and_workers(tmp_path):
@@ -482,6 +607,76 @@ def _project(requirement):
 # ---- All three
 
 
+# Bash arithmetic reads a leading zero as octal: 08 and 09 are errors there, and 010 is 8.
+@pytest.mark.parametrize('script, args', [
+    ('launch/gce.sh', ['--package=foo', 'create']),
+    ('launch/gce.sh', ['train', '--', '--run_dir=gs://bucket/runs/a']),
+    ('launch/vertex.sh', ['--image=x', '--output_dir=gs://bucket/a']),
+    ('launch/k8s.sh', ['--image=x', '--', '--run_dir=gs://bucket/a']),
+])
+@pytest.mark.parametrize('gpus', ['08', '09', '010', '+1', ' 1'])
+def test_gpu_counts_are_plain_decimal_numbers(script, args, gpus):
+  result = launch(script, '--dry-run', f'--gpus={gpus}', *args)
+  assert result.returncode == 2, result.stdout
+  assert result.stdout == ''
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: --gpus=') and 'decimal' in lines[0], lines
+
+
+def test_ten_gpus_are_requested_as_ten(tmp_path):
+  create = launch('launch/gce.sh', '--dry-run', '--gpus=10', '--package=foo',
+                  f'--log_dir={tmp_path}', 'create')
+  assert create.returncode == 0, create.stderr
+  command, = [shlex.split(line) for line in create.stdout.splitlines() if line.startswith('gcloud')]
+  assert '--accelerator=type=nvidia-tesla-t4,count=10' in command
+  vertex = launch('launch/vertex.sh', '--dry-run', '--image=x', '--gpus=10',
+                  '--output_dir=gs://bucket/a', f'--log_dir={tmp_path}')
+  spec, _ = written_file_and_command(vertex.stdout)
+  assert spec['workerPoolSpecs'][0]['machineSpec']['acceleratorCount'] == 10
+  assert spec['workerPoolSpecs'][0]['containerSpec']['args'] == ['--num_gpus=10']
+
+
+# The trainer (absl) takes the last of repeated flags, in the forms --f=v, --f v, -f=v and -f v.
+@pytest.mark.parametrize('script, args', [
+    ('launch/gce.sh', ['train', '--']),
+    ('launch/vertex.sh', ['--image=x', '--output_dir=gs://bucket/a', '--']),
+    ('launch/k8s.sh', ['--image=x', '--pvc=claim', '--']),
+])
+@pytest.mark.parametrize('run_dirs', [
+    ['--run_dir=gs://bucket/r', '--run_dir=runs/local'],
+    ['--run_dir=gs://bucket/r', '--run_dir', 'runs/local'],
+    ['--run_dir=gs://bucket/r', '-run_dir=runs/local'],
+])
+def test_the_run_folder_checked_is_the_one_the_trainer_uses(script, args, run_dirs):
+  result = launch(script, '--dry-run', *args, *run_dirs)
+  assert result.returncode == 2, result.stdout
+  assert result.stdout == ''
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and 'runs/local' in lines[0], lines
+
+
+@pytest.mark.parametrize('script, args', [
+    ('launch/gce.sh', ['train', '--', '--run_dir=runs/local', '--run_dir=gs://bucket/r']),
+    ('launch/gce.sh', ['train', '--', '--run_dir', 'gs://bucket/r']),
+    ('launch/vertex.sh', ['--image=x', '--', '--run_dir=runs/local', '--run_dir=gs://bucket/r']),
+    ('launch/k8s.sh', ['--image=x', '--pvc=claim', '--', '--run_dir=gs://b/r', '--run_dir=/runs/a'
+                      ]),
+])
+def test_a_later_shared_run_folder_wins(script, args):
+  result = launch(script, '--dry-run', *args)
+  assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize('hosts', ['-Fevil.cfg', 'gpu1,-oProxyCommand', '-Fevil@gpu1', 'me@-Fevil'])
+def test_ssh_hosts_cannot_be_taken_for_options(hosts):
+  result = launch('launch/ssh.sh', '--dry-run', f'--hosts={hosts}', '--', '--epochs=1')
+  assert result.returncode == 2, result.stdout
+  assert result.stdout == ''
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      'error: --hosts entry') and "'-'" in lines[0], lines
+
+
 @pytest.mark.parametrize('script', SCRIPTS)
 def test_help(script):
   result = launch(script, '--help')
@@ -497,7 +692,10 @@ def test_help(script):
     ('launch/gce.sh', ['create'], 'create needs --staging=gs://'),
     ('launch/vertex.sh', ['--', '--run_dir=gs://bucket/a'], 'give the image'),
     ('launch/vertex.sh', ['--image=a b', '--output_dir=gs://bucket/a'], '--image=a\\ b is not'),
-    ('launch/vertex.sh', ['--image=x', '--', '--run_dir=runs/a'], 'needs a Cloud Storage folder'),
+    ('launch/vertex.sh', ['--image=x'], 'needs a Cloud Storage folder'),
+    ('launch/vertex.sh', ['--image=x', '--', '--run_dir=runs/a'], 'is not on Cloud Storage'),
+    ('launch/vertex.sh', ['--image=x', '--output_dir=gs://bucket/a', '--', '--run_name=a'
+                         ], "--run_name puts the run folder on the machine's disk"),
     ('launch/vertex.sh', [
         '--image=x', '--accelerator=nvidia-tesla-t4', '--output_dir=gs://bucket/a'
     ], '--accelerator=nvidia-tesla-t4 is not a Vertex AI GPU type'),

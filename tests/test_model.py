@@ -1,4 +1,7 @@
 """The model carries its preprocessing: uint8 28x28x1 in, float32 probabilities out."""
+import json
+import zipfile
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +11,7 @@ from trainer.keras_lib import keras
 from trainer.model import (
     backbone_of,
     build_model,
+    inference_model,
     preprocessing_model,
     stop_augmentation,
     without_augmentation,
@@ -128,3 +132,20 @@ def test_the_conv_stem_starts_by_copying_the_gray_digit_to_all_three_channels(co
   resized = keras.Model(conv_model.input, conv_model.get_layer('resize').output)
   images = digits()
   np.testing.assert_allclose(stem(images), np.repeat(resized(images), 3, axis=-1), atol=1e-6)
+
+
+def test_the_inference_model_is_the_trained_one_in_keras_layers_alone(conv_model, tmp_path):
+  """What model.keras holds: keras.models.load_model needs none of trainer's classes (the
+  matmul resize, the augmentation, the stem's CopyChannels initializer) to read it."""
+  config = ModelConfig(image_size=IMAGE_SIZE, adapter='conv', augment=True)
+  plain = inference_model(config, conv_model)
+  assert backbone_of(plain) is backbone_of(conv_model)
+  images = digits()
+  np.testing.assert_allclose(plain(images, training=False),
+                             conv_model(images, training=False),
+                             atol=1e-5)
+  plain.save(tmp_path / 'model.keras')
+  with zipfile.ZipFile(tmp_path / 'model.keras') as saved:
+    config_json = saved.read('config.json').decode()
+  assert 'trainer>' not in config_json and 'Augmentation' not in config_json
+  assert 'trainer>' in json.dumps(keras.saving.serialize_keras_object(conv_model))  # as trained

@@ -1,33 +1,20 @@
-"""python -m trainer.predict on image files the tests draw."""
+"""python -m trainer.predict on image files the tests draw, through the export's serving_default
+signature (what it does to each file: tests/test_images.py)."""
+import glob
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
-from helpers import run_python
-from trainer import predict
+from helpers import draw_seven, encode, error_line, run_python
+from trainer import export, predict, runs
 from trainer.errors import UserError
 
 MNIST_SHAPE = (28, 28, 1)
-RGB_SHAPE = (32, 32, 3)  # a colour model's input: no autocontrast hides a wrong scale
-
-
-def draw_seven(size=(90, 120), ink=30, paper=230):
-  """A 7 in dark ink on light paper, taller than wide, as a phone might photograph it."""
-  width, height = size
-  image = Image.new('L', size, paper)
-  ImageDraw.Draw(image).line([(0.25 * width, 0.2 * height), (0.75 * width, 0.2 * height),
-                              (0.4 * width, 0.8 * height)],
-                             fill=ink,
-                             width=width // 8)
-  return image
-
-
-def model_input(path, image_shape=MNIST_SHAPE, invert='auto'):
-  return predict.to_model_input(predict.read_image(str(path)), image_shape, invert)
 
 
 @pytest.fixture
@@ -44,91 +31,26 @@ def digit_files(tmp_path):
 
 @pytest.fixture
 def export_dir(tiny_run):
-  return os.path.join(tiny_run, 'export')
-
-
-def test_a_light_background_is_inverted_into_the_dataset_format(digit_files):
-  from_paper = model_input(digit_files['dark_on_light.png'])
-  as_stored = model_input(digit_files['light_on_dark.png'])
-  assert from_paper.shape == MNIST_SHAPE and from_paper.dtype == np.uint8
-  assert np.abs(from_paper.astype(int) - as_stored).max() <= 1
-  assert as_stored[0, 0, 0] < 50 and as_stored.max() > 200  # dark background, light strokes
-  assert model_input(digit_files['dark_on_light.png'], invert='no')[0, 0, 0] > 200
-  assert model_input(digit_files['light_on_dark.png'], invert='yes')[0, 0, 0] > 200
-  # Scaled to fit with the aspect kept: the 90x120 drawing's side columns are padding.
-  assert np.abs(from_paper[:, :3].astype(int) - from_paper[0, 0, 0]).max() <= 1
-
-
-def test_auto_inversion_compares_border_and_centre():
-  light_border = np.full((20, 20), 200, np.uint8)
-  light_border[5:15, 5:15] = 20
-  dark_border = 255 - light_border
-  assert predict.should_invert(Image.fromarray(light_border), 'auto')
-  assert not predict.should_invert(Image.fromarray(dark_border), 'auto')
-  assert not predict.should_invert(Image.fromarray(light_border).convert('RGB'), 'auto')
-  assert predict.should_invert(Image.fromarray(dark_border), 'yes')
-  assert not predict.should_invert(Image.fromarray(light_border), 'no')
-
-
-@pytest.mark.parametrize('image_shape', [MNIST_SHAPE, RGB_SHAPE])
-@pytest.mark.parametrize('extension', ['png', 'tif'])
-def test_16_bit_images_are_rescaled_to_8_bits(tmp_path, extension, image_shape):
-  # Blurred, the 7 holds every gray level from ink to paper: a wrong scale shows in all of them.
-  seven = draw_seven().filter(ImageFilter.GaussianBlur(4))
-  seven.save(tmp_path / f'8_bit.{extension}')
-  # 257 = 65535 / 255: the same image at 16 bits, white still white.
-  Image.fromarray(np.asarray(seven, np.uint16) * 257).save(tmp_path / f'16_bit.{extension}')
-  assert Image.open(tmp_path / f'16_bit.{extension}').mode == 'I;16'
-
-  from_16_bits = model_input(tmp_path / f'16_bit.{extension}', image_shape)
-  from_8_bits = model_input(tmp_path / f'8_bit.{extension}', image_shape)
-  assert np.abs(from_16_bits.astype(int) - from_8_bits).max() <= 1
-
-
-def save_ink_on_transparency(path, mode, ink):
-  """The 7 in gray `ink` on a transparent background that hides (nearly) the ink's colour.
-
-  An alpha channel hides the ink's own colour, as drawing programs store it; a
-  transparent key colour (PNG's tRNS in L and I;16) must differ from the ink, by one.
-  Read without its transparency, the image is one flat colour.
-  """
-  if mode in ('L', 'I;16'):
-    hidden = abs(ink - 1)
-    scale = 257 if mode == 'I;16' else 1
-    pixels = np.asarray(draw_seven(ink=ink, paper=hidden), np.uint16) * scale
-    Image.fromarray(pixels.astype(np.uint8 if mode == 'L' else np.uint16)).save(
-        path, transparency=hidden * scale)
-  else:
-    image = Image.new('L', draw_seven().size, ink)
-    image.putalpha(draw_seven(ink=255, paper=0))
-    image.convert(mode).save(path)
-
-
-@pytest.mark.parametrize('image_shape', [MNIST_SHAPE, RGB_SHAPE])
-@pytest.mark.parametrize('ink', [0, 255])
-@pytest.mark.parametrize('mode', ['LA', 'RGBA', 'L', 'I;16'])
-def test_transparency_becomes_the_background_the_ink_is_not(tmp_path, mode, ink, image_shape):
-  save_ink_on_transparency(tmp_path / 'transparent.png', mode, ink)
-  assert Image.open(tmp_path / 'transparent.png').mode == mode
-  draw_seven(ink=ink, paper=255 - ink).save(tmp_path / 'opaque.png')
-
-  from_transparency = model_input(tmp_path / 'transparent.png', image_shape)
-  from_opaque = model_input(tmp_path / 'opaque.png', image_shape)
-  assert np.abs(from_transparency.astype(int) - from_opaque).max() <= 1
+  return os.path.join(tiny_run, runs.EXPORT_DIR)
 
 
 def test_predict_prints_a_class_and_probability_per_file(export_dir, digit_files):
   paths = list(digit_files.values())
+  # What a client of the served model sends: the files' bytes, to serving_default.
+  for path in paths:
+    with open(path, 'rb') as f:
+      assert predict.read_image(path) == f.read()
   predictions = predict.predict_files(export_dir, paths)
 
   assert [p['file'] for p in predictions] == paths
   for p in predictions:
-    assert 0 <= p['class'] < 10
+    assert 0 <= p['class'] < 10 and p['class_name'] == str(p['class'])  # mock MNIST's names
     assert sum(p['probabilities']) == pytest.approx(1, abs=1e-4)
     assert p['probability'] == max(p['probabilities'])
   assert predictions[0]['class'] == predictions[1]['class']  # the same digit either way round
   assert predict.format_predictions(predictions).splitlines()[0] == (
-      f'{paths[0]}: {predictions[0]["class"]} (probability {predictions[0]["probability"]:.3f})')
+      f'{paths[0]}: {predictions[0]["class_name"]} (class {predictions[0]["class"]}, '
+      f'probability {predictions[0]["probability"]:.3f})')
 
   result = run_python('-m', 'trainer.predict', f'--model={export_dir}', '--json', *paths)
   assert result.returncode == 0, result.stderr
@@ -137,6 +59,20 @@ def test_predict_prints_a_class_and_probability_per_file(export_dir, digit_files
   np.testing.assert_allclose([p['probabilities'] for p in printed],
                              [p['probabilities'] for p in predictions],
                              atol=1e-6)
+
+
+@pytest.mark.parametrize('mode', ['L', 'I;16'])
+def test_formats_tensorflow_does_not_decode_go_as_png(tmp_path, mode):
+  seven = draw_seven().filter(ImageFilter.GaussianBlur(4))
+  pixels = np.asarray(seven, np.uint16) * (257 if mode == 'I;16' else 1)
+  Image.fromarray(pixels.astype(np.uint16 if mode == 'I;16' else np.uint8)).save(tmp_path / 'a.tif')
+  assert Image.open(tmp_path / 'a.tif').mode == mode
+
+  sent = predict.read_image(str(tmp_path / 'a.tif'))
+  assert sent.startswith(b'\x89PNG') and Image.open(tmp_path / 'a.tif').mode == mode
+  as_png = export.to_dataset_format(tf.constant(sent), MNIST_SHAPE).numpy()
+  as_8_bit_png = export.to_dataset_format(tf.constant(encode(seven)), MNIST_SHAPE).numpy()
+  assert np.abs(as_png.astype(int) - as_8_bit_png).max() <= 1
 
 
 # ---- Bad input
@@ -156,8 +92,65 @@ def test_bad_inputs_are_refused(export_dir, digit_files, tmp_path):
     predict.predict_files(str(tmp_path), [good])
   other_saved_model = str(tmp_path / 'other')
   tf.saved_model.save(tf.Module(), other_saved_model)
-  with pytest.raises(UserError, match='not one that trainer.export wrote'):
+  with pytest.raises(UserError, match='not one that this version of trainer.export wrote'):
     predict.predict_files(other_saved_model, [good])
+
+
+def test_an_export_of_an_earlier_version_is_refused_naming_the_fix(tmp_path, digit_files):
+  """Its serving_default took uint8 images: re-export it, as the error says."""
+  earlier = tf.Module()
+  earlier.serve = tf.function(lambda images: {'probabilities': tf.cast(images, tf.float32)},
+                              input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.uint8)])
+  tf.saved_model.save(earlier, str(tmp_path / 'export'), signatures=earlier.serve)
+  with pytest.raises(UserError, match='export it again with python -m trainer.export'):
+    predict.predict_files(str(tmp_path / 'export'), [digit_files['photo.jpg']])
+
+
+def truncate(path, fraction=0.5):
+  with open(path, 'r+b') as f:
+    f.truncate(int(os.path.getsize(path) * fraction))
+
+
+# Each of these ended in a traceback (OSError, FileNotFoundError, IndexError, ...).
+DAMAGES = {
+    'truncated_graph':
+        lambda export: truncate(os.path.join(export, 'saved_model.pb')),
+    'empty_graph':
+        lambda export: truncate(os.path.join(export, 'saved_model.pb'), 0),
+    'no_variables':
+        lambda export: shutil.rmtree(os.path.join(export, 'variables')),
+    'no_variables_index':
+        lambda export: os.remove(os.path.join(export, 'variables', 'variables.index')),
+    'no_variables_data':
+        lambda export: [
+            os.remove(path)
+            for path in glob.glob(os.path.join(export, 'variables', 'variables.data*'))
+        ],
+    'truncated_variables_data':
+        lambda export: [
+            truncate(path)
+            for path in glob.glob(os.path.join(export, 'variables', 'variables.data*'))
+        ],
+    'truncated_variables_index':
+        lambda export: truncate(os.path.join(export, 'variables', 'variables.index')),
+}
+
+
+@pytest.mark.parametrize('damage', DAMAGES)
+def test_a_damaged_export_is_refused_naming_the_run_to_export_again(tiny_run, tmp_path, damage,
+                                                                    digit_files):
+  run_dir = tmp_path / 'run'
+  run_dir.mkdir()
+  shutil.copy(os.path.join(tiny_run, runs.CONFIG_FILE), run_dir)
+  export_dir = str(run_dir / runs.EXPORT_DIR)
+  shutil.copytree(os.path.join(tiny_run, runs.EXPORT_DIR), export_dir)
+  DAMAGES[damage](export_dir)
+  with pytest.raises(UserError) as error:
+    predict.predict_files(export_dir, [digit_files['photo.jpg']])
+  assert str(error.value).startswith(f'{export_dir} is a damaged export (')
+  assert str(
+      error.value).endswith(f'; export it again with python -m trainer.export --run_dir={run_dir}')
+  assert '\n' not in str(error.value)
 
 
 def test_a_folder_is_refused(tmp_path):
@@ -186,12 +179,14 @@ def test_pixels_without_a_known_white_level_are_refused(tmp_path, dtype, mode):
 def test_bad_inputs_on_the_command_line_end_in_one_line(export_dir, digit_files, tmp_path):
   not_an_image = tmp_path / 'notes.png'
   not_an_image.write_text('not pixels')
+  damaged = tmp_path / 'damaged'
+  shutil.copytree(export_dir, damaged)
+  truncate(damaged / 'saved_model.pb')
   good = digit_files['light_on_dark.png']
   for model, image, problem in [(export_dir, str(not_an_image), 'is not a readable image'),
                                 (export_dir, str(tmp_path), 'is a folder'),
-                                (str(tmp_path), good, 'is not a SavedModel')]:
+                                (str(tmp_path), good, 'is not a SavedModel'),
+                                (str(damaged), good, 'is a damaged export')]:
     result = run_python('-m', 'trainer.predict', f'--model={model}', image)
     assert result.returncode == 1
-    assert 'Traceback' not in result.stderr
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith('error: ') and problem in last_line
+    assert problem in error_line(result)

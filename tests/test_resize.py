@@ -1,11 +1,10 @@
 """MatmulResize: tf.image.resize's values as two matmuls, which XLA compiles."""
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import export, runs
+from trainer import export
 from trainer.keras_lib import keras
 from trainer.resize import INTERPOLATIONS, MatmulResize, interpolation_matrix
 
@@ -104,21 +103,40 @@ def test_a_uint8_model_compiles_under_xla_whole(digits):
   np.testing.assert_allclose(compiled(tf.constant(digits)), model(digits), rtol=0, atol=1e-6)
 
 
-def test_exported_savedmodel_serves_uint8_and_model_keras_loads(tmp_path, digits):
+def test_exported_savedmodel_serves_uint8_and_a_saved_model_loads(tmp_path, digits):
   model = uint8_digit_classifier()
   expected = model(digits, training=False).numpy()
-  export_dir = export.export_model(model, str(tmp_path))
+  export_dir = export.export_model(model, str(tmp_path / 'export'), [str(i) for i in range(10)])
 
-  serve = tf.saved_model.load(export_dir).signatures[export.SIGNATURE]
-  spec = serve.structured_input_signature[1]['images']
+  serve = tf.saved_model.load(export_dir).signatures[export.UINT8_SIGNATURE]
+  spec = serve.structured_input_signature[1][export.IMAGES]
   assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 28, 28, 1]
   served = serve(images=tf.constant(digits))
   np.testing.assert_allclose(served['probabilities'], expected, rtol=0, atol=1e-6)
   np.testing.assert_array_equal(served['classes'], expected.argmax(axis=-1))
 
   # No custom_objects: importing trainer.resize registered the layer as trainer>MatmulResize.
-  loaded = keras.models.load_model(os.path.join(tmp_path, runs.KERAS_MODEL_FILE))
+  model.save(tmp_path / 'model.keras')
+  loaded = keras.models.load_model(tmp_path / 'model.keras')
   resize = loaded.get_layer('resize')
   assert isinstance(resize, MatmulResize)
   assert (resize.height, resize.width, resize.interpolation) == (32, 32, 'bicubic')
   np.testing.assert_allclose(loaded(digits, training=False), expected, rtol=0, atol=1e-6)
+
+
+def test_a_uint8_model_converts_to_tflite_and_runs_at_any_batch(digits):
+  # With the resize as einsums, the converter succeeded but the interpreter refused the model
+  # ("BytesRequired number of elements overflowed") over the einsums' reshapes of the batch.
+  model = uint8_digit_classifier()
+  serve = tf.function(lambda images: model(images, training=False),
+                      input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.uint8)])
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()],
+                                                              model)
+  interpreter = tf.lite.Interpreter(model_content=converter.convert())
+  for batch in (digits, digits[:1]):
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]['index'], batch.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]['index'], batch)
+    interpreter.invoke()
+    probabilities = interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
+    np.testing.assert_allclose(probabilities, model(batch), rtol=0, atol=1e-6)

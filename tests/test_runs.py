@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import helpers
 from helpers import REPO
 from trainer import callbacks, lease, runs, weights
 from trainer.config import ModelConfig, TrainConfig
@@ -288,14 +289,46 @@ def _truncate(run, name):
 
 
 def test_a_vertex_ai_job_writes_where_vertex_says(monkeypatch):
-  monkeypatch.setenv(runs.VERTEX_MODEL_DIR, 'gs://bucket/job/model')
-  monkeypatch.setenv(runs.VERTEX_TENSORBOARD_DIR, 'gs://bucket/job/logs')
-  assert runs.default_run_dir() == 'gs://bucket/job/model'
-  assert runs.log_dir('gs://bucket/job/model') == 'gs://bucket/job/logs'
+  monkeypatch.setenv(runs.VERTEX_MODEL_DIR, 'gs://bucket/job/model/')
+  monkeypatch.setenv(runs.VERTEX_TENSORBOARD_DIR, 'gs://bucket/job/logs/')
+  # The model alone at AIP_MODEL_DIR, where a model import reads it; the run beside it.
+  assert runs.default_run_dir() == 'gs://bucket/job/run'
+  assert runs.export_dir('gs://bucket/job/run') == 'gs://bucket/job/model/'
+  assert runs.log_dir('gs://bucket/job/run') == 'gs://bucket/job/logs/'
   assert runs.log_dir('runs/other') == os.path.join('runs/other', runs.LOG_DIR)
   assert runs.default_run_dir('named') == os.path.join('runs', 'named')  # a name still wins
   monkeypatch.delenv(runs.VERTEX_MODEL_DIR)
   assert runs.default_run_dir('').startswith('runs' + os.sep)
+  assert runs.export_dir('runs/other') == os.path.join('runs/other', runs.EXPORT_DIR)
+
+
+def test_a_vertex_ai_job_restarted_resumes_its_run_and_exports_to_aip_model_dir(
+    tiny_run, tmp_path, monkeypatch, mock_mnist, notop_weights_file):
+  """A Vertex AI job started again (a restart, or a new job given the same output folder)
+  finds its run folder from the job's variables alone; its SavedModel lands at the root of
+  AIP_MODEL_DIR, where a model import and a prebuilt serving container read it."""
+  base = tmp_path / 'job'
+  monkeypatch.setenv(runs.VERTEX_MODEL_DIR, f'{base}/model/')
+  monkeypatch.setenv(runs.VERTEX_TENSORBOARD_DIR, f'{base}/logs/')
+  # The first job's run folder as a job stopped during its test evaluation leaves it.
+  run_dir = base / runs.VERTEX_RUN_DIR
+  shutil.copytree(tiny_run,
+                  run_dir,
+                  ignore=shutil.ignore_patterns(runs.METRICS_FILE, runs.EXPORT_DIR,
+                                                runs.KERAS_MODEL_FILE))
+  history = (run_dir / runs.HISTORY_FILE).read_text()
+  best = (run_dir / f'{runs.BEST_CHECKPOINT}.index').read_bytes()
+
+  helpers.train_with_flags(*helpers.TINY_FLAGS, '--adapter=rgb', f'--weights={notop_weights_file}',
+                           f'--data_dir={tmp_path / "tfds"}')
+  # Resumed after its last stage: straight to the test, nothing trained again.
+  assert (run_dir / runs.METRICS_FILE).exists()
+  assert (run_dir / runs.HISTORY_FILE).read_text() == history
+  assert (run_dir / f'{runs.BEST_CHECKPOINT}.index').read_bytes() == best
+  assert tf.saved_model.contains_saved_model(str(base / 'model'))  # saved_model.pb at its root
+  assert (run_dir / runs.KERAS_MODEL_FILE).exists()
+  assert not (run_dir / runs.EXPORT_DIR).exists()
+  assert helpers.event_tags(str(base / 'logs'))  # the run's summaries, where Vertex AI reads
 
 
 def test_an_unfinished_run_folder_with_the_same_settings_resumes(tmp_path):

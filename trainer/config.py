@@ -14,6 +14,7 @@ STEM_INITS = ('copy', 'random')
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
 TRAIN_MODES = ('finetune', 'transfer', 'two_stage')
 PRECISIONS = ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')
+TFLITE_CHOICES = ('none', 'float32', 'dynamic_range')
 MIN_IMAGE_SIZE = 32  # the smallest input keras.applications' DenseNet121 accepts
 # DenseNet121's activations grow with the pixels: at 1024x1024 one image's pass holds
 # gigabytes, where fine-tuning is usually done at 224 to 512.
@@ -144,8 +145,8 @@ class TrainConfig:
       'machine give the same history and metrics (slower).')
   # ---- Outputs
   run_dir: str = setting(
-      '', 'Run folder (default $AIP_MODEL_DIR, else '
-      'runs/<run_name>); an existing one is resumed.')
+      '', 'Run folder (default runs/<run_name>; in a Vertex AI job with an output folder, '
+      'BASE/run beside AIP_MODEL_DIR=BASE/model/); an existing one is resumed.')
   run_name: str = setting('', 'Name of the run folder under runs/ (default: the start time).')
   export: bool = setting(True, 'Export a SavedModel that takes raw images at the end.')
   profile_steps: str = setting(
@@ -165,6 +166,15 @@ class TrainConfig:
   collective_timeout: int = setting(600, 'Multi-worker: seconds before a lost worker stops the '
                                     'others with an error.',
                                     lower=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+  """python -m trainer.export's own flags (with --run_dir)."""
+  tflite: str = setting(
+      'none', 'Also write the model for TensorFlow Lite to RUN/model.tflite: float32, or '
+      'dynamic_range (8-bit weights, about 4x smaller; tf.lite.Optimize.DEFAULT).',
+      choices=TFLITE_CHOICES)
 
 
 # These may change between a run and its resumption without changing what it trains.

@@ -29,18 +29,64 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
                 num_classes: int) -> keras.Model:
   """The whole classifier; the backbone starts random, see trainer/weights.py for ImageNet."""
-  images = keras.Input(shape=input_shape, dtype='uint8', name='images')
-  x = keras.layers.Rescaling(1 / 255, dtype='float32', name=SCALE)(images)
-  if config.augment:
-    x = augmentation(config)(x)
   # Two matrix products, not tf.image.resize: the same values, and XLA compiles them
   # (it has no ResizeBicubic kernel).
-  x = MatmulResize(config.image_size,
-                   config.image_size,
-                   config.interpolation,
-                   dtype='float32',
-                   name=RESIZE)(x)
-  x = _adapter(x, config.adapter, config.stem_init, channels=input_shape[-1])
+  return _assemble(config,
+                   input_shape,
+                   num_classes,
+                   resize=MatmulResize,
+                   augment=config.augment,
+                   stem_init=config.stem_init,
+                   backbone=lambda: _densenet(config))
+
+
+def inference_model(config: ModelConfig, trained: keras.Model) -> keras.Model:
+  """`trained` (built by build_model from `config`) rebuilt from built-in Keras layers only,
+  with its weights, so that keras.models.load_model reads it saved without trainer's code.
+
+  keras.layers.Resizing resizes to MatmulResize's values (to float rounding) where XLA does
+  not matter; inference never augments; and a trained stem's initializer no longer matters,
+  so Keras's own stands in for CopyChannels. The backbone is `trained`'s own.
+  """
+  model = _assemble(config,
+                    trained.input.shape[1:],
+                    trained.output.shape[-1],
+                    resize=keras.layers.Resizing,
+                    augment=False,
+                    stem_init='random',
+                    backbone=lambda: backbone_of(trained))
+  for layer in model.layers:
+    if layer.weights and layer.name != BACKBONE:
+      layer.set_weights(trained.get_layer(layer.name).get_weights())
+  return model
+
+
+def _assemble(config, input_shape, num_classes, resize, augment, stem_init, backbone):
+  images = keras.Input(shape=input_shape, dtype='uint8', name='images')
+  x = keras.layers.Rescaling(1 / 255, dtype='float32', name=SCALE)(images)
+  if augment:
+    x = augmentation(config)(x)
+  x = resize(config.image_size,
+             config.image_size,
+             config.interpolation,
+             dtype='float32',
+             name=RESIZE)(x)
+  x = _adapter(x, config.adapter, stem_init, channels=input_shape[-1])
+  # By default called without `training=`, unlike the Keras fine-tuning guide (which keeps
+  # BatchNorm in inference mode after unfreezing): BatchNormalization then follows
+  # `trainable`, so a frozen backbone normalises with its ImageNet statistics while a
+  # fine-tuned one adapts them to the new domain, which for 28x28 digits is far from
+  # ImageNet. --freeze_batchnorm is the guide's way (benchmarks/RESULTS.md compares them).
+  x = backbone()(x, training=False) if config.freeze_batchnorm else backbone()(x)
+  x = _head(config.head)(x)
+  if config.dropout:
+    x = keras.layers.Dropout(config.dropout, name='dropout')(x)
+  x = keras.layers.Dense(num_classes, name='logits')(x)
+  probabilities = keras.layers.Activation('softmax', dtype='float32', name='probabilities')(x)
+  return keras.Model(images, probabilities, name=f'densenet121_{config.adapter}')
+
+
+def _densenet(config):
   backbone = keras.applications.DenseNet121(include_top=False,
                                             weights=None,
                                             input_shape=(config.image_size, config.image_size, 3))
@@ -48,18 +94,7 @@ def build_model(config: ModelConfig, input_shape: Tuple[int, int, int],
   for layer in backbone.layers:
     if isinstance(layer, keras.layers.BatchNormalization):
       layer.momentum = config.batchnorm_momentum
-  # By default called without `training=`, unlike the Keras fine-tuning guide (which keeps
-  # BatchNorm in inference mode after unfreezing): BatchNormalization then follows
-  # `trainable`, so a frozen backbone normalises with its ImageNet statistics while a
-  # fine-tuned one adapts them to the new domain, which for 28x28 digits is far from
-  # ImageNet. --freeze_batchnorm is the guide's way (benchmarks/RESULTS.md compares them).
-  x = backbone(x, training=False) if config.freeze_batchnorm else backbone(x)
-  x = _head(config.head)(x)
-  if config.dropout:
-    x = keras.layers.Dropout(config.dropout, name='dropout')(x)
-  x = keras.layers.Dense(num_classes, name='logits')(x)
-  probabilities = keras.layers.Activation('softmax', dtype='float32', name='probabilities')(x)
-  return keras.Model(images, probabilities, name=f'densenet121_{config.adapter}')
+  return backbone
 
 
 def augmentation(config: ModelConfig) -> keras.Sequential:

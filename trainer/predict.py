@@ -1,76 +1,85 @@
-"""Classifies image files with an exported model.
+"""Classifies image files with an exported model, as a server running it would.
 
   python -m trainer.predict --model=runs/NAME/export digit.png photo.jpg
   python -m trainer.predict --model=runs/NAME/export --json *.png
 
-Each file (PNG, JPEG or anything else Pillow reads, at 8 or 16 bits a channel,
-up to Pillow's decompression-bomb limit of about 89 megapixels) is turned into
-the dataset's format before the model sees it: gray or RGB as the model takes,
-scaled to fit its input (28x28 for MNIST) with the aspect kept, and padded with
-the background. Transparent pixels become the background the ink is not: white
-under dark ink, black under light. Float and 32-bit images are refused: their
-files do not record which value is white.
+Each file's bytes go to the export's serving_default signature, the one TF Serving and
+Vertex AI call, which turns them into the dataset's format in the graph (trainer/export.py):
+so this command and a served model give the same answer for the same file. PNG (8 or 16
+bits), JPEG, GIF and BMP files go as they are; other formats Pillow reads (TIFF, WebP, ...)
+are converted to PNG first, as a client of a served model would have to.
 
-Photos of handwriting: MNIST stores light strokes on a black background, the
-opposite of ink on paper. --invert=auto (the default) inverts a gray image whose
-border is brighter than its centre; gray images are then stretched to the full
-black-to-white range. Crop a photo close to the digit: MNIST digits fill about
-20 of their 28 pixels.
+Here, before the model loads, each file is checked: that it is an image, under Pillow's
+decompression-bomb limit of about 89 megapixels, and not of float or 32-bit pixels, whose
+files do not record which value is white.
 """
 # First: trainer.cli sets TensorFlow's environment, which TensorFlow reads as it loads.
 from trainer import cli  # isort: skip
 
 import dataclasses
+import io
 import json
 import os
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from trainer import runs
 from trainer.config import setting
 from trainer.errors import UserError
-from trainer.export import SIGNATURE
+from trainer.export import CLASS_NAMES, IMAGE_BYTES, PROBABILITIES, SERVING_SIGNATURE
 
-INVERT_CHOICES = ('auto', 'yes', 'no')
 BATCH_SIZE = 64
-BORDER = 0.1  # the outer tenth of each side counts as the border
+# What tf.io.decode_image reads (Pillow's names for them): sent as they are.
+GRAPH_FORMATS = ('PNG', 'JPEG', 'GIF', 'BMP')
+# Pillow modes a PNG holds as they are; others are converted to RGB(A) first.
+PNG_MODES = ('1', 'L', 'LA', 'P', 'RGB', 'RGBA', 'I;16')
 # Pixels whose white level the file does not record: image editors write 1.0, numpy
 # arrays 255, widened 16-bit data 65535, scientific cameras physical units. Any guess
 # would give a confident wrong answer, so these are refused.
 WHITE_LEVEL_UNKNOWN = {'F': 'floating-point', 'I': '32-bit or signed integer'}
 
 
-def load_signature(
-    model_dir: str) -> Tuple[tf.types.experimental.ConcreteFunction, Tuple[int, int, int]]:
-  """The export's serving signature, and the (H, W, C) uint8 images it takes."""
+def load_signature(model_dir: str) -> tf.types.experimental.ConcreteFunction:
+  """The export's serving_default signature, which takes encoded image files."""
   if not tf.saved_model.contains_saved_model(model_dir):
     raise UserError(f'{model_dir} is not a SavedModel (no saved_model.pb); give the export '
                     'folder of a run, e.g. --model=runs/NAME/export')
-  signature = tf.saved_model.load(model_dir).signatures.get(SIGNATURE)
-  spec = None if signature is None else signature.structured_input_signature[1].get('images')
-  if spec is None or spec.dtype != tf.uint8 or spec.shape.rank != 4:
-    raise UserError(f'{model_dir} is a SavedModel but not one that trainer.export wrote (no '
-                    f'{SIGNATURE} signature taking uint8 images); export the run with '
-                    'python -m trainer.export --run_dir=runs/NAME')
-  return signature, tuple(spec.shape[1:])
+  run_dir = runs.run_dir_of_export(model_dir) or 'runs/NAME'
+  reexport = f'export it again with python -m trainer.export --run_dir={run_dir}'
+  try:
+    signature = tf.saved_model.load(model_dir).signatures.get(SERVING_SIGNATURE)
+  # A damaged export fails in any of these, from deep inside the loader.
+  except (OSError, ValueError, IndexError, tf.errors.OpError) as e:
+    reason = ' '.join(str(e).split())[:200] or type(e).__name__
+    raise UserError(f'{model_dir} is a damaged export ({type(e).__name__}: {reason}); '
+                    f'{reexport}') from None
+  spec = None if signature is None else signature.structured_input_signature[1].get(IMAGE_BYTES)
+  if spec is None or spec.dtype != tf.string or spec.shape.rank != 1:
+    raise UserError(f'{model_dir} is a SavedModel but not one that this version of '
+                    f'trainer.export wrote (no {SERVING_SIGNATURE} signature taking '
+                    f'{IMAGE_BYTES}); {reexport}')
+  return signature
 
 
-def read_image(path: str) -> Image.Image:
-  """The image in `path`, upright, at 8 bits a channel."""
+def read_image(path: str) -> bytes:
+  """What to send for the image file at `path`: its bytes, or the image as PNG."""
   if os.path.isdir(path):
     raise UserError(f'{path} is a folder, not an image; give the image files in it, e.g. '
                     f'{os.path.join(path, "*.png")}')
   if not os.path.isfile(path):
     raise UserError(f'{path} does not exist; give paths of PNG or JPEG files')
+  with open(path, 'rb') as f:
+    encoded = f.read()
   try:
     with warnings.catch_warnings():
       # Pillow only warns between its limit and twice it, then decodes; no digit is that large.
       warnings.simplefilter('error', Image.DecompressionBombWarning)
-      image = Image.open(path)
-      image.load()  # decode now, so a broken file fails here rather than later
+      image = Image.open(io.BytesIO(encoded))
+      image.load()  # decode now, so a broken file fails here rather than in the model
   except (Image.DecompressionBombError, Image.DecompressionBombWarning):
     raise UserError(f'{path} is too large: over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow\'s '
                     'limit against decompression bombs; crop it close to the digit or '
@@ -80,129 +89,54 @@ def read_image(path: str) -> Image.Image:
   if image.mode in WHITE_LEVEL_UNKNOWN:
     raise UserError(f'{path} has {WHITE_LEVEL_UNKNOWN[image.mode]} pixels, whose white level '
                     'the file does not record; save it as an 8- or 16-bit PNG')
-  # Phone photos are often stored sideways with an EXIF note saying how to turn them.
-  return _to_8_bits(ImageOps.exif_transpose(image))
+  return encoded if image.format in GRAPH_FORMATS else _as_png(image)
 
 
-def _to_8_bits(image: Image.Image) -> Image.Image:
-  """16-bit gray rescaled to 8 bits: Pillow's own conversion clips it at 255 instead.
-
-  Pillow already reads 16-bit colour PNGs at 8 bits a channel.
-  """
-  if not image.mode.startswith('I;16'):
-    return image
-  pixels = np.asarray(image)
-  eight_bits = Image.fromarray(np.round(pixels / 257).astype(np.uint8))  # 257 = 65535 / 255
-  if 'transparency' in image.info:
-    # The key colour becomes an alpha channel: at 8 bits, other grays would round onto it.
-    key = image.info['transparency']
-    eight_bits.putalpha(Image.fromarray(np.where(pixels == key, 0, 255).astype(np.uint8)))
-  return eight_bits
+def _as_png(image: Image.Image) -> bytes:
+  """`image` upright as a PNG, at 16 bits if it has them, its transparency kept."""
+  image = ImageOps.exif_transpose(image)
+  if image.mode.startswith('I;16') and image.mode != 'I;16':  # e.g. big-endian TIFF data
+    image = Image.fromarray(np.asarray(image).astype(np.uint16))
+  elif image.mode not in PNG_MODES:
+    image = image.convert('RGBA' if image.has_transparency_data else 'RGB')
+  out = io.BytesIO()
+  image.save(out, 'PNG')
+  return out.getvalue()
 
 
-def to_model_input(image: Image.Image,
-                   image_shape: Tuple[int, int, int],
-                   invert: str = 'auto') -> np.ndarray:
-  """`image` as the dataset stores its images: uint8 (H, W, C), the model's input."""
-  height, width, channels = image_shape
-  image = _flatten_transparency(image).convert('L' if channels == 1 else 'RGB')
-  if should_invert(image, invert):
-    image = ImageOps.invert(image)
-  if channels == 1:
-    # Gray sets such as MNIST span black background to white strokes; a photo's
-    # paper is seldom black once inverted, nor its ink white. (1%: ignore speckles.)
-    image = ImageOps.autocontrast(image, cutoff=1)
-  # Scale to fit and pad, rather than stretch: a digit keeps its proportions.
-  image = ImageOps.pad(image, (width, height),
-                       method=Image.Resampling.BICUBIC,
-                       color=_border_color(image))
-  return np.asarray(image, np.uint8).reshape(height, width, channels)
-
-
-def _flatten_transparency(image: Image.Image) -> Image.Image:
-  """Transparent pixels become the background: black under light ink, white under dark.
-
-  Dropping the transparency instead shows the colour transparent pixels hide,
-  often the ink's own, and the stroke vanishes.
-  """
-  if not image.has_transparency_data:
-    return image
-  image = image.convert('RGBA')
-  opacity = np.asarray(image.getchannel('A'), np.float32)
-  brightness = np.asarray(image.convert('L'), np.float32)
-  # The ink is what is opaque (max: a fully transparent image has none, and lands on white).
-  ink = (brightness * opacity).sum() / max(opacity.sum(), 1)
-  background = 0 if ink >= 128 else 255
-  paper = Image.new('RGBA', image.size, (background, background, background, 255))
-  return Image.alpha_composite(paper, image).convert('RGB')
-
-
-def should_invert(image: Image.Image, invert: str) -> bool:
-  """yes, no, or auto: invert a gray image whose border is brighter than its centre."""
-  if invert != 'auto':
-    return invert == 'yes'
-  if image.mode != 'L':
-    return False  # a colour dataset's photos are not stored inverted
-  pixels = np.asarray(image, np.float32)
-  height, width = pixels.shape
-  top, left = round(height * BORDER), round(width * BORDER)
-  centre = pixels[top:height - top, left:width - left]
-  border_mean = (pixels.sum() - centre.sum()) / max(pixels.size - centre.size, 1)
-  return border_mean > centre.mean()
-
-
-def _border_color(image: Image.Image):
-  """The median colour of the outermost pixels: the background, for padding."""
-  pixels = np.asarray(image)
-  edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-  median = np.median(edges, axis=0).astype(np.uint8)
-  return int(median) if median.ndim == 0 else tuple(int(v) for v in median)
-
-
-def predict(signature: tf.types.experimental.ConcreteFunction,
-            images: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-  """(probabilities, classes) for a stack of model inputs, in batches."""
-  outputs = [
-      signature(images=tf.constant(images[start:start + BATCH_SIZE]))
-      for start in range(0, len(images), BATCH_SIZE)
-  ]
-  return (np.concatenate([o['probabilities'].numpy() for o in outputs]),
-          np.concatenate([o['classes'].numpy() for o in outputs]))
-
-
-def predict_files(model_dir: str, paths: Sequence[str], invert: str = 'auto') -> List[dict]:
-  """One {'file', 'class', 'probability', 'probabilities'} per path."""
+def predict_files(model_dir: str, paths: Sequence[str]) -> List[dict]:
+  """One {'file', 'class', 'class_name', 'probability', 'probabilities'} per path."""
   if not paths:
     raise UserError('no image files given; list them after the flags, e.g. '
                     'python -m trainer.predict --model=runs/NAME/export digit.png')
   # Every file is read before the (slower) model loads: a bad one fails the command early.
-  images = [read_image(path) for path in paths]
-  signature, image_shape = load_signature(model_dir)
-  inputs = np.stack([to_model_input(image, image_shape, invert) for image in images])
-  probabilities, classes = predict(signature, inputs)
-  return [{
-      'file': path,
-      'class': int(c),
-      'probability': float(p[c]),
-      'probabilities': [float(v) for v in p]
-  } for path, c, p in zip(paths, classes, probabilities)]
+  files = [read_image(path) for path in paths]
+  signature = load_signature(model_dir)
+  predictions = []
+  for start in range(0, len(files), BATCH_SIZE):
+    outputs = signature(**{IMAGE_BYTES: tf.constant(files[start:start + BATCH_SIZE])})
+    for probabilities, name in zip(outputs[PROBABILITIES].numpy(), outputs[CLASS_NAMES].numpy()):
+      index = int(probabilities.argmax())
+      predictions.append({
+          'class': index,
+          'class_name': name.decode(),
+          'probability': float(probabilities[index]),
+          'probabilities': [float(p) for p in probabilities]
+      })
+  return [{'file': path, **p} for path, p in zip(paths, predictions)]
 
 
 def format_predictions(predictions: List[dict]) -> str:
-  return '\n'.join(
-      f'{p["file"]}: {p["class"]} (probability {p["probability"]:.3f})' for p in predictions)
+  return '\n'.join(f'{p["file"]}: {p["class_name"]} (class {p["class"]}, probability '
+                   f'{p["probability"]:.3f})' for p in predictions)
 
 
 @dataclasses.dataclass(frozen=True)
 class PredictConfig:
   """The command's flags; the image files follow them."""
   model: Optional[str] = setting(None, 'The exported SavedModel folder, e.g. runs/NAME/export.')
-  invert: str = setting('auto', 'Invert to light-on-dark as MNIST stores digits: auto does so '
-                        'for a gray model when the border is brighter than the centre (dark ink '
-                        'on paper).',
-                        choices=INVERT_CHOICES)
   json: bool = setting(
-      False, 'Print a JSON list of {file, class, probability, probabilities} '
+      False, 'Print a JSON list of {file, class, class_name, probability, probabilities} '
       'instead of one line per file.')
 
 
@@ -211,7 +145,7 @@ cli.define_flags(PredictConfig, __name__)
 
 def main(paths: List[str]) -> None:
   config = cli.config_from_flags(PredictConfig)
-  predictions = predict_files(cli.required_flag('model'), paths, config.invert)
+  predictions = predict_files(cli.required_flag('model'), paths)
   print(json.dumps(predictions, indent=2) if config.json else format_predictions(predictions))
 
 

@@ -79,8 +79,11 @@ class MatmulResize(keras.layers.Layer):
     x = tf.cast(inputs, self.compute_dtype)
     rows = tf.constant(self._rows, self.compute_dtype)
     columns = tf.constant(self._columns, self.compute_dtype)
-    x = tf.einsum('oh,...hwc->...owc', rows, x)
-    return tf.einsum('pw,...owc->...opc', columns, x)
+    # Broadcast matmuls, not tf.einsum: TFLite's converter wraps an einsum in reshapes whose
+    # shapes its interpreter cannot size under a dynamic batch, and refuses the model.
+    x = tf.linalg.matmul(columns, x)  # (..., in_h, in_w, C) -> (..., in_h, width, C)
+    x = tf.linalg.matmul(rows, _swap_height_and_width(x))  # -> (..., width, height, C)
+    return _swap_height_and_width(x)
 
   def compute_output_shape(self, input_shape):
     shape = tf.TensorShape(input_shape).as_list()
@@ -93,3 +96,9 @@ class MatmulResize(keras.layers.Layer):
         'width': self.width,
         'interpolation': self.interpolation
     }
+
+
+def _swap_height_and_width(images: tf.Tensor) -> tf.Tensor:
+  """(..., H, W, C) -> (..., W, H, C)."""
+  rank = images.shape.rank
+  return tf.transpose(images, [*range(rank - 3), rank - 2, rank - 3, rank - 1])

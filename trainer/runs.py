@@ -9,10 +9,17 @@
                            two finished epochs: what a resumed run starts from
   history.csv              per-epoch metrics, appended across resumes
   metrics.json             test results; its presence marks the run as finished
-  export/, model.keras     the SavedModel that takes raw images, and the Keras model
+  export/                  the SavedModel (on Vertex AI: AIP_MODEL_DIR instead)
+  model.keras, model.tflite the Keras model (built-in layers only) and the TFLite one
 
 An existing folder is resumed, but only by the same configuration: a different one,
 or a finished run, is refused rather than overwritten.
+
+On Vertex AI, with a job output folder (baseOutputDirectory, BASE), the job gets
+AIP_MODEL_DIR=BASE/model/, where a model import and a prebuilt serving container read
+saved_model.pb at the root. The SavedModel goes there, and the run folder, by default,
+is BASE/run: the same for every restart of the job and every job given the same folder,
+so they resume it.
 """
 import contextlib
 import csv
@@ -23,6 +30,7 @@ import io
 import json
 import math
 import os
+import posixpath
 from typing import Dict, Iterator, List, Optional
 
 import tensorflow as tf
@@ -48,10 +56,12 @@ BEST_CHECKPOINT = os.path.join(CHECKPOINT_DIR, 'best')
 EPOCH_CHECKPOINTS_KEPT = 2
 EXPORT_DIR = 'export'
 KERAS_MODEL_FILE = 'model.keras'
-# Vertex AI custom jobs name the run's output folder, and the folder its TensorBoard
+TFLITE_FILE = 'model.tflite'
+# Vertex AI custom jobs name the folder for the model, and the folder its TensorBoard
 # instance reads, in these variables.
 VERTEX_MODEL_DIR = 'AIP_MODEL_DIR'
 VERTEX_TENSORBOARD_DIR = 'AIP_TENSORBOARD_LOG_DIR'
+VERTEX_RUN_DIR = 'run'  # beside AIP_MODEL_DIR: BASE/run
 
 
 def path(run_dir: str, name: str) -> str:
@@ -61,8 +71,8 @@ def path(run_dir: str, name: str) -> str:
 
 def log_dir(run_dir: str) -> str:
   """Where TensorBoard logs go: RUN/logs, or Vertex AI's TensorBoard folder when the run
-  folder is the one Vertex AI gave the job."""
-  if os.environ.get(VERTEX_TENSORBOARD_DIR) and run_dir == os.environ.get(VERTEX_MODEL_DIR):
+  folder is the one for the Vertex AI job."""
+  if os.environ.get(VERTEX_TENSORBOARD_DIR) and run_dir == vertex_run_dir():
     return os.environ[VERTEX_TENSORBOARD_DIR]
   return path(run_dir, LOG_DIR)
 
@@ -70,6 +80,30 @@ def log_dir(run_dir: str) -> str:
 def run_id(run_dir: str) -> str:
   """The run folder's whole path (a URL for gs://): what tells one run from another."""
   return run_dir if '://' in run_dir else os.path.abspath(run_dir)
+
+
+def export_dir(run_dir: str) -> str:
+  """Where the SavedModel goes: AIP_MODEL_DIR in a Vertex AI job that has one, else RUN/export."""
+  return os.environ.get(VERTEX_MODEL_DIR) or path(run_dir, EXPORT_DIR)
+
+
+def run_dir_of_export(export_dir: str) -> Optional[str]:
+  """The run folder whose SavedModel is `export_dir` (RUN/export, or a Vertex AI job's
+  BASE/model for BASE/run), or None if no run folder is there."""
+  parent = posixpath.dirname(export_dir.rstrip('/'))
+  for run_dir in (parent, posixpath.join(parent, VERTEX_RUN_DIR)):
+    if tf.io.gfile.exists(path(run_dir, CONFIG_FILE)):
+      return run_dir
+  return None
+
+
+def vertex_run_dir() -> Optional[str]:
+  """BASE/run for a Vertex AI job whose AIP_MODEL_DIR is BASE/model/; None outside one."""
+  model_dir = os.environ.get(VERTEX_MODEL_DIR)
+  if not model_dir:
+    return None
+  # posixpath: gs:// paths use slashes whatever the machine's separator.
+  return posixpath.join(posixpath.dirname(model_dir.rstrip('/')), VERTEX_RUN_DIR)
 
 
 def stage_dir(run_dir: str, stage: str) -> str:
@@ -82,9 +116,10 @@ def checkpoint_exists(prefix: str) -> bool:
 
 
 def default_run_dir(run_name: str = '') -> str:
-  """runs/<run_name or the start time>, or the folder Vertex AI gives the job."""
-  if not run_name and os.environ.get(VERTEX_MODEL_DIR):
-    return os.environ[VERTEX_MODEL_DIR]
+  """runs/<run_name or the start time>, or the run folder of a Vertex AI job."""
+  vertex = vertex_run_dir()
+  if not run_name and vertex:
+    return vertex
   return os.path.join('runs', run_name or datetime.datetime.now().strftime('%Y%m%d-%H%M%S'))
 
 
