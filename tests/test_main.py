@@ -110,7 +110,7 @@ def run_main(*argv):
 
 @pytest.mark.parametrize('argv, expected', [
     (['--adapter=gray'], 'flag --adapter=gray: value should be one of <rgb|conv>'),
-    (['--image_size=28'], 'flag --image_size=28: 28 is not integer >= 32'),
+    (['--image_size=28'], 'flag --image_size=28: 28 is not an integer in the range [32, 1024]'),
     (['--batch_size=0'], 'flag --batch_size=0: 0 is not a positive integer'),
     (['--dataset=no_such_dataset'], "--dataset='no_such_dataset' is not a tensorflow-datasets"),
     (['--nodownload'], 'not prepared in --data_dir='),

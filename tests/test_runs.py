@@ -92,7 +92,7 @@ def test_the_holder_renews_its_lock_while_it_runs(tmp_path, monkeypatch):
 _LOCK_AND_WAIT = """
 import sys, time
 from trainer import lease, runs
-lease.LEASE_SECONDS = 3
+lease.HEARTBEAT_SECONDS, lease.LEASE_SECONDS = 0.5, 3
 with runs.locked(sys.argv[1]):
   print('locked', flush=True)
   time.sleep(600)
@@ -107,7 +107,7 @@ with runs.locked(sys.argv[1]):
 def test_a_lock_left_by_a_killed_pid_1_is_taken_over_by_the_next_pid_1(tmp_path):
   """A restarted Kubernetes container, or a rerun docker run: the same host, PID 1 again, in
   a new PID namespace. While the first lives, the second is refused; once it is killed,
-  its lease lapses (3 s here) and the second takes over."""
+  its lease lapses (3 s here, renewed every 0.5 s) and the second takes over."""
   # --kill-child: the namespace's PID 1 dies with unshare, even by SIGKILL.
   as_pid_1 = [
       'unshare', '--pid', '--fork', '--mount-proc', '--kill-child', sys.executable, '-c',
