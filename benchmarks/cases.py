@@ -17,9 +17,9 @@ import time
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets  # noqa: F401  (imported by trainer.data; listed so both sides share it)
-from tf_keras.src.engine import data_adapter
 
 from benchmarks import baseline
+from benchmarks.first_batch import first_batch_fit_takes
 from benchmarks.measure import MemoryByPhase, emit, images_per_second, peak_rss_bytes
 from trainer import callbacks, data, distribution, export, runs, train
 from trainer.keras_lib import keras
@@ -67,10 +67,7 @@ def data_stage_project(p):
   train_ds = data.training_batches(splits.train, p['batch_size'])
   steps = data.steps_per_epoch(splits.train, p['batch_size'])
   # What fit does with a dataset, up to the batch its first step trains on.
-  handler = data_adapter.get_data_handler(x=train_ds, steps_per_epoch=steps, epochs=1, model=None)
-  for _, iterator in handler.enumerate_epochs():
-    images, _ = next(iterator)
-    break
+  images, _ = first_batch_fit_takes(train_ds, steps_per_epoch=steps)
   seconds = time.perf_counter() - start
   return {
       'seconds': seconds,

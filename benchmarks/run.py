@@ -240,7 +240,8 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
       ('' if sizes.fraction == 1 else f' ({sizes.fraction:.0%} of each split)') + '.',
       f'Data stage: both processes import the same libraries (TensorFlow, tf_keras, '
       f'tensorflow-datasets, numpy, OpenCV, the trainer) before the timer starts, and both '
-      f'end at the batch `fit`\'s first step takes (tf_keras\'s data handler). The baseline\'s '
+      f'end as `fit` hands its first step its first batch (`fit` itself, stopped there: '
+      f'benchmarks/first_batch.py). The baseline\'s '
       f'preparation alone took {article["prepare_seconds"]:.1f} s and holds '
       f'{gib(article["host_bytes"]):.2f} GiB of float32 images; the project holds the uint8 '
       f'images once, in its tf.data cache. Resize in the baseline: {article["resize"]}.',
