@@ -4,8 +4,10 @@
 #
 #   bash benchmarks/gpu_check.sh [--quick] [--mnist_idx=DIR] [--out=DIR] [benchmarks.run flags]
 #
-# It runs `python -m benchmarks.run --suite=gpu_check`, which measures, one child process
-# each, in this order (the time each is expected to take on an H200 with 16 cores):
+# It checks first, in one line each if something is missing: that PYTHON has the modules
+# the trainer imports, that TensorFlow sees a GPU (10 s), that the MNIST files are there.
+# Then it runs `python -m benchmarks.run --suite=gpu_check`, which measures, one child
+# process each, in this order (the time each is expected to take on an H200, 16 cores):
 #
 #   visible GPUs, and what --precision=auto picks there                    15 s
 #   float32 img/s; then the placement check: the resize and the adapter    45 s
@@ -67,9 +69,24 @@ fail() {
 }
 cd "$repo"
 
-# Whether TensorFlow is there, without the seconds of importing it.
-"$PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("tensorflow") is None)' \
-  2>/dev/null || fail "TensorFlow is not installed for PYTHON=$PYTHON; install tensorflow[and-cuda]==2.21.* and this project's requirements there, or point PYTHON at a Python that has them"
+# What the trainer and the benchmarks import, found without the seconds of importing it.
+missing=$("$PYTHON" -c '
+import importlib.util
+modules = ("tensorflow", "tf_keras", "tensorflow_datasets", "tensorboard", "absl", "numpy", "h5py", "PIL")
+print(" ".join(m for m in modules if importlib.util.find_spec(m) is None))' 2>/dev/null) ||
+  fail "PYTHON=$PYTHON does not run; point PYTHON at a Python 3.10-3.12 with this project's requirements"
+case " $missing " in
+  *" tensorflow "*) fail "TensorFlow is not installed for PYTHON=$PYTHON; install tensorflow[and-cuda]==2.21.* and this project's requirements there (pip install -e .), or point PYTHON at a Python that has them" ;;
+esac
+[[ -z $missing ]] ||
+  fail "PYTHON=$PYTHON lacks $missing; install this project's requirements there (pip install -e .)"
+if [[ -z $quick ]]; then
+  gpus=$(TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" -c 'import tensorflow as tf
+print(len(tf.config.list_physical_devices("GPU")))' 2>/dev/null) ||
+    fail "PYTHON=$PYTHON cannot import TensorFlow; $PYTHON -c 'import tensorflow' says why"
+  ((gpus > 0)) ||
+    fail "TensorFlow sees no GPU (are TensorFlow's CUDA libraries, tensorflow[and-cuda], installed, and does nvidia-smi list one?); --quick runs this check's code on the CPU"
+fi
 for name in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
   [[ -f $mnist_idx/$name.gz || -f $mnist_idx/$name ]] ||
     fail "no $mnist_idx/$name.gz: pass --mnist_idx=DIR (or set MNIST_IDX) naming a folder with real MNIST's four IDX files"
@@ -82,7 +99,6 @@ trap 'rm -rf "$logs"' EXIT
 
 started=$SECONDS
 status=0
-# No GPU: benchmarks.run stops with one line (error: no GPU is visible ...) unless --quick.
 PYTHONUNBUFFERED=1 "$PYTHON" -m benchmarks.run --suite=gpu_check $quick \
   --mnist_idx="$mnist_idx" --dataset="idx:$mnist_idx" --record --records_dir="$out/records" \
   --child_logs="$logs" --output="$out/gpu_check.md" ${passed_on[@]+"${passed_on[@]}"} ||

@@ -116,13 +116,17 @@ def gpu_check(*args, env=None, timeout=60):
 
 
 def test_the_gpu_check_says_in_one_line_what_it_lacks(tmp_path):
-  no_tensorflow = tmp_path / 'python'
-  no_tensorflow.write_text('#!/bin/sh\nexit 1\n')
-  no_tensorflow.chmod(0o755)
+  # Stand-ins for a Python that lacks modules: each prints what the script's check would.
+  pythons = {}
+  for name, lacks in [('no_tensorflow', 'tensorflow tf_keras'), ('no_tfds', 'tensorflow_datasets')]:
+    pythons[name] = tmp_path / name
+    pythons[name].write_text(f'#!/bin/sh\necho {lacks}\n')
+    pythons[name].chmod(0o755)
   for result, expected in [
-      (gpu_check(env={'PYTHON': str(no_tensorflow)}), 'TensorFlow is not installed'),
-      (gpu_check(f'--mnist_idx={tmp_path}/none'), 'real MNIST\'s four IDX files'),
-  ]:
+      (gpu_check(env={'PYTHON': str(pythons['no_tensorflow'])}), 'TensorFlow is not installed'),
+      (gpu_check(env={'PYTHON': str(pythons['no_tfds'])}), 'lacks tensorflow_datasets'),
+      (gpu_check('--quick', f'--mnist_idx={tmp_path}/none'), 'real MNIST\'s four IDX files'),
+  ] + ([] if tf.config.list_physical_devices('GPU') else [(gpu_check(), 'TensorFlow sees no GPU')]):
     assert result.returncode == 1
     assert result.stderr.startswith('gpu_check: error: ') and expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
