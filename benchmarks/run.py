@@ -616,17 +616,18 @@ def gpu_suite(dataset,
                     logical_memory_mb=options.logical_memory_mb)
     rows.append(_split_row(split, base, device, precision))
   if gpus:
+    xla = measure('XLA on', 'xla', xla=True, expected='xla')
     rows.append(
         _speedup_of(
             f'XLA (--jit_compile) on vs off, {precision}, the default bicubic model '
-            '(img/s per GPU)', measure('XLA on', 'xla', xla=True, expected='xla'), base))
+            '(img/s per GPU)', _took_effect(xla, 'jit_compile', True), base))
   else:
     rows.append(Row('XLA on vs off', 'skipped on CPU: compiling DenseNet121 takes minutes', ''))
   spe = options.steps_per_execution
+  per_call = measure(f'{spe} steps per call', 'steps_per_execution', steps_per_execution=spe)
   rows.append(
       _speedup_of(f'steps_per_execution={spe} vs 1, {precision} (img/s per {device})',
-                  measure(f'{spe} steps per call', 'steps_per_execution', steps_per_execution=spe),
-                  base))
+                  _took_effect(per_call, 'steps_per_call', spe), base))
   notes = [
       f'Devices: {", ".join(gpus) or "none (a CPU smoke check, not GPU figures)"}.',
       f'Sizes: {sizes.image_size}x{sizes.image_size} images, batch {sizes.batch_size_per_device} '
@@ -686,6 +687,13 @@ def _speedup_of(measure, result, reference):
       return Row(measure, side['missing'] if side is result else 'reference ' + side['missing'], '')
   return _speedup(measure, result['images_per_second_per_device'],
                   reference['images_per_second_per_device'])
+
+
+def _took_effect(result, setting, expected):
+  """`result`, or missing if the model did not run with the setting under test."""
+  if 'missing' in result or result.get(setting) == expected:
+    return result
+  return {'missing': f'not measured: the model ran with {setting}={result.get(setting)}'}
 
 
 def _split_row(split, base, device, precision):
