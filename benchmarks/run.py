@@ -30,6 +30,7 @@ DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-f
 # The GPU suites' rows besides float32 (always: the reference, and the placement check);
 # mnist: the GPU check's run of the recipe.
 GPU_ROW_GROUPS = ('precisions', 'replicas', 'xla', 'steps_per_execution', 'mnist')
+GPU_CHECK_BUDGET_S = 450  # of benchmarks/gpu_check.sh's 8 minutes; the rest starts and reports
 
 flags.DEFINE_enum(
     'suite', 'cpu', ['cpu', 'jobs', 'cpu_settings', 'gpu', 'gpu_check'],
@@ -47,7 +48,8 @@ flags.DEFINE_string(
     'installed, else synthetic data of the same shape.')
 flags.DEFINE_string(
     'mnist_idx', None, 'Folder of real MNIST\'s IDX files for the time-to-accuracy row '
-    '(python ../shared/data/mnist_idx.py DIR writes them); without it the row is skipped.')
+    'and the GPU check\'s run (python ../shared/data/mnist_idx.py DIR writes them); without it '
+    'the row is skipped.')
 flags.DEFINE_float('level',
                    0.98,
                    'Time-to-accuracy row: the validation accuracy both sides train to.',
@@ -84,7 +86,7 @@ flags.DEFINE_float(
     'budget_s',
     None, 'Seconds for the whole suite: a measurement starts only if its expected time still '
     'fits and is stopped when the time is up; its row says so. Default: none, or '
-    '450 for --suite=gpu_check without --quick.',
+    f'{GPU_CHECK_BUDGET_S} for --suite=gpu_check without --quick.',
     lower_bound=0)
 flags.DEFINE_bool(
     'record', None, 'Write each table as a record, benchmarks/records/CLAIM/NAME.json '
@@ -185,8 +187,6 @@ GPU_QUICK = RateSizes(image_size=32,
                       warmup_steps=2,
                       timed_steps=4,
                       fraction=0.05)
-
-GPU_CHECK_BUDGET_S = 450  # of benchmarks/gpu_check.sh's 8 minutes; the rest starts and reports
 
 
 @dataclasses.dataclass(frozen=True)
