@@ -6,8 +6,8 @@
   model.fit(x_train, y_train, validation_split=0.2, batch_size=...)
 
 `fit` on numpy arrays copies them into tensors and gathers shuffled batches from them
-(tf_keras's TensorLikeDataAdapter); `first_training_batch` goes through that same
-code, so the batch it returns is the first one `fit` would train on. The article also
+(tf_keras's TensorLikeDataAdapter); `first_training_batch` calls `fit` itself and stops
+it as its first step begins, so the batch it returns is the first one `fit` trains on. The article also
 augmented with ImageDataGenerator, which is slower still; the data stage leaves it out,
 which can only flatter the baseline. The whole jobs (memory, time to accuracy) train as
 the article did: `article_model` on `augmented_batches`.
@@ -88,17 +88,12 @@ def _tf_resize_rgb(images, image_size, chunk=1000):
 
 def first_training_batch(x_train, y_train, batch_size, validation_split=0.2):
   """The first batch `fit(x, y, validation_split=..., batch_size=...)` would train on."""
-  from tf_keras.src.engine import data_adapter  # pylint: disable=import-outside-toplevel
-  (x, y, _), _ = data_adapter.train_validation_split((x_train, y_train, None),
-                                                     validation_split=validation_split)
-  handler = data_adapter.get_data_handler(x=x,
-                                          y=y,
-                                          batch_size=batch_size,
-                                          epochs=1,
-                                          shuffle=True,
-                                          model=None)
-  for _, iterator in handler.enumerate_epochs():
-    return next(iterator)
+  from benchmarks.first_batch import first_batch_fit_takes  # pylint: disable=import-outside-toplevel
+  return first_batch_fit_takes(x_train,
+                               y_train,
+                               batch_size=batch_size,
+                               validation_split=validation_split,
+                               shuffle=True)
 
 
 # ---- The article's training: its model, augmentation and optimizer.

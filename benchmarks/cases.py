@@ -6,7 +6,6 @@ Every child imports the same libraries (this module's imports) before any timer 
 so the data-stage rows compare the work, not the imports.
 """
 import dataclasses
-import functools
 import json
 import math
 import shutil
@@ -17,9 +16,9 @@ import time
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets  # noqa: F401  (imported by trainer.data; listed so both sides share it)
-from tf_keras.src.engine import data_adapter
 
 from benchmarks import baseline
+from benchmarks.first_batch import first_batch_fit_takes
 from benchmarks.measure import MemoryByPhase, emit, images_per_second, peak_rss_bytes
 from trainer import callbacks, data, distribution, export, runs, train
 from trainer.keras_lib import keras
@@ -29,7 +28,8 @@ VALIDATION_SPLIT = 0.2
 
 
 class StepTimer(keras.callbacks.Callback):
-  """Marks the end of every training execution: (step index, perf_counter) and wall time.
+  """Marks the end of every training execution: (step index in its epoch, perf_counter), one
+  list of marks per epoch; and the wall time of the first.
 
   Keras hands a callback that lacks `_supports_tf_logs` its logs as numbers, so each
   execution ends in a host sync, as with a progress bar: the marks are when the work
@@ -38,14 +38,14 @@ class StepTimer(keras.callbacks.Callback):
 
   def __init__(self):
     super().__init__()
-    self.calls = []  # one list of marks per fit call
+    self.epochs = []  # one list of marks per epoch, of every fit call
     self.first_step_wall = None
 
-  def on_train_begin(self, logs=None):
-    self.calls.append([])
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epochs.append([])
 
   def on_train_batch_end(self, batch, logs=None):
-    self.calls[-1].append((batch, time.perf_counter()))
+    self.epochs[-1].append((batch, time.perf_counter()))
     if self.first_step_wall is None:
       self.first_step_wall = time.time()
 
@@ -67,10 +67,7 @@ def data_stage_project(p):
   train_ds = data.training_batches(splits.train, p['batch_size'])
   steps = data.steps_per_epoch(splits.train, p['batch_size'])
   # What fit does with a dataset, up to the batch its first step trains on.
-  handler = data_adapter.get_data_handler(x=train_ds, steps_per_epoch=steps, epochs=1, model=None)
-  for _, iterator in handler.enumerate_epochs():
-    images, _ = next(iterator)
-    break
+  images, _ = first_batch_fit_takes(train_ds, steps_per_epoch=steps)
   seconds = time.perf_counter() - start
   return {
       'seconds': seconds,
@@ -143,7 +140,7 @@ def train_main(p):
   # BackupAndRestore deletes this attribute at the end of trainer.main's fit, and tf_keras's
   # fit reads it: without it the model could not be fit again outside trainer.main.
   model._training_state = None  # pylint: disable=protected-access
-  main_rate = images_per_second(timer.calls[:1], batch_size, warmup)
+  main_rate = images_per_second(timer.epochs[:1], batch_size, warmup)
 
   # One batch of the same data, as raw uint8 and as the backbone receives it.
   images, labels = next(iter(_splits(p['dataset'], 1.0).train.batch(batch_size)))
@@ -165,19 +162,19 @@ def train_main(p):
                      callbacks=[timers[name]])
   # Only now: the optimizer's slots still restore, lazily, from the run's best checkpoint.
   shutil.rmtree(run_dir, ignore_errors=True)
-  logged = [('trainer.main', timer.calls[:1])] + [(n, t.calls) for n, t in timers.items()]
-  for name, calls in logged:
-    ends = [[(step, round(t - marks[0][1], 3)) for step, t in marks] for marks in calls]
-    print(f'{name}: step ends (step, s) in each fit call: {ends}')  # for the log
+  logged = [('trainer.main', timer.epochs[:1])] + [(n, t.epochs) for n, t in timers.items()]
+  for name, epochs in logged:
+    ends = [[(step, round(t - marks[0][1], 3)) for step, t in marks] for marks in epochs]
+    print(f'{name}: step ends (step, s) in each epoch: {ends}')  # for the log
   return {
       'main_images_per_second':
           main_rate,
       'first_step_wall':
           timer.first_step_wall,
       'in_memory_images_per_second':
-          images_per_second(timers['in_model'].calls, batch_size, 1),
+          images_per_second(timers['in_model'].epochs, batch_size, 1),
       'pre_resized_images_per_second':
-          images_per_second(timers['pre_resized'].calls, batch_size, 1),
+          images_per_second(timers['pre_resized'].epochs, batch_size, 1),
       'preprocess_ms_per_batch':
           preprocess_seconds * 1000,
       'raw_bytes_per_image':
@@ -203,7 +200,8 @@ def backbone_fed_directly(model, input_shape):
 
 def whole_job_project(p):
   """trainer.main from its flags to its export: `steps` training steps, then validation, the
-  test and the export on every image; the peak resident memory of each phase."""
+  test and the export on every image; the peak resident memory of each phase. `flags`, if
+  given, are added to trainer.main's (e.g. to switch one setting off and compare)."""
   memory = MemoryByPhase()
   # The export restores the best checkpoint too, and stays 'export': phases only advance.
   for module, name, phase in [(data, 'load_splits', 'data'), (train, 'build_model', 'model'),
@@ -214,7 +212,8 @@ def whole_job_project(p):
   _run_main([
       f'--dataset={p["dataset"]}', f'--image_size={p["image_size"]}',
       f'--batch_size={p["batch_size"]}', '--epochs=1', f'--steps_per_epoch={p["steps"]}',
-      '--weights=none', '--num_gpus=0', f'--precision={p["precision"]}', f'--run_dir={run_dir}'
+      '--weights=none', '--num_gpus=0', f'--precision={p["precision"]}', f'--run_dir={run_dir}',
+      *p.get('flags', [])
   ],
             splits_override=_splits(p['dataset'], p['fraction'], every_split=True)
             if p['fraction'] < 1 else None)
@@ -328,48 +327,182 @@ def _enter_phase_on_call(memory, module, name, phase):
 
 
 def training_rate(p):
-  """Images per second per device for one precision ('auto' as trainer.main resolves it), device
-  count, XLA, steps per call and, optionally, TensorFlow's thread pools (0: its default)."""
+  """Images per second per replica for one precision ('auto' as trainer.main resolves it),
+  device count, XLA, steps per call and, optionally, TensorFlow's thread pools (0: its default).
+
+  `logical_devices` N: N replicas on logical devices carved from one physical device (see
+  `logical_device_strategy`). `check_placement`: afterwards, where the model's ops run
+  (see `placement`), with the same model and weights.
+  """
   tf.config.threading.set_intra_op_parallelism_threads(p.get('intra_op_threads', 0))
   tf.config.threading.set_inter_op_parallelism_threads(p.get('inter_op_threads', 0))
   num_gpus = p['num_gpus']
-  strategy = distribution.make_strategy(num_gpus)
+  if p.get('logical_devices'):
+    strategy = logical_device_strategy(p['logical_devices'], p['logical_memory_mb'])
+  else:
+    strategy = distribution.make_strategy(num_gpus)
+  replicas = strategy.num_replicas_in_sync
   policy = distribution.resolve_precision(p['precision'], num_gpus)
   distribution.set_precision(policy)
   spe = p['steps_per_execution']
   warmup = math.ceil(p['warmup_steps'] / spe) * spe
   timed = math.ceil(p['timed_steps'] / spe) * spe
-  global_batch = p['batch_size_per_device'] * max(num_gpus, 1)
+  global_batch = p['batch_size_per_device'] * replicas
   splits = _splits(p['dataset'], p['fraction'])
   train_ds = data.training_batches(splits.train, global_batch)
-  config = train.TrainConfig(run_dir='unused', batch_size=global_batch)
+  # XLA and steps per call as trainer.main's --jit_compile and --steps_per_execution set them.
+  config = train.TrainConfig(run_dir='unused',
+                             batch_size=global_batch,
+                             jit_compile=p['xla'],
+                             steps_per_execution=spe)
   with strategy.scope():
     model = build_model(ModelConfig(image_size=p['image_size'], interpolation=p['interpolation']),
                         splits.info.image_shape, splits.info.num_classes)
-    # The project's compile, with the two settings under test added to its model.compile call.
-    model.compile = functools.partial(model.compile, jit_compile=p['xla'], steps_per_execution=spe)
     train.compile_for_stage(model, train.Stage('finetune', 0, 1, True, config.learning_rate),
                             config, warmup + timed, splits.info.num_classes)
   timer = StepTimer()
   model.fit(train_ds, steps_per_epoch=warmup + timed, epochs=1, verbose=0, callbacks=[timer])
-  rate = images_per_second(timer.calls, global_batch, warmup)
-  gpus = tf.config.list_logical_devices('GPU')
-  return {
+  rate = images_per_second(timer.epochs, global_batch, warmup)
+  result = {
       'images_per_second_per_device':
-          rate / max(num_gpus, 1),
+          rate / replicas,
+      'replicas':
+          replicas,
+      # What the model ran with, read back: the settings under test took effect.
+      'jit_compile':
+          bool(model.jit_compile),
+      'steps_per_call':
+          _steps_per_call(timer.epochs[0]),
+      'replica_devices':
+          _replica_devices(strategy),
       'devices': [_device_name(d) for d in tf.config.list_physical_devices('GPU')[:num_gpus]]
                  or ['CPU'],
       'num_logical_gpus':
-          len(gpus),
+          len(tf.config.list_logical_devices('GPU')),
       'precision':
           policy,
       **libraries()
   }
+  if p.get('check_placement'):
+    result['placement'] = placement(model, splits.info.image_shape,
+                                    '/GPU:0' if num_gpus else '/CPU:0')
+  return result
+
+
+def _steps_per_call(marks):
+  """Steps between two executions' ends: the timer sees one end per call of the step."""
+  return marks[1][0] - marks[0][0] if len(marks) > 1 else None
+
+
+def _replica_devices(strategy):
+  if isinstance(strategy, tf.distribute.MirroredStrategy):
+    return list(strategy.extended.worker_devices)
+  return [tf.config.list_logical_devices()[0].name]  # the default strategy's one device
+
+
+def logical_device_strategy(count, memory_mb):
+  """MirroredStrategy over `count` logical devices carved from the first GPU (`memory_mb`
+  each) or, with no GPU, from the CPU: `--num_gpus=count`'s strategy on one device.
+
+  trainer.distribution.make_strategy counts physical GPUs, so it refuses one GPU split in
+  two; this makes the MirroredStrategy it makes for N GPUs, over the logical ones. Call it
+  before anything initialises TensorFlow's devices. (MirroredStrategy reduces over one
+  device instead of NCCL when GPUs are logical.)
+  """
+  gpus = tf.config.list_physical_devices('GPU')
+  if gpus:
+    tf.config.set_visible_devices(gpus[:1], 'GPU')
+    tf.config.set_logical_device_configuration(
+        gpus[0], [tf.config.LogicalDeviceConfiguration(memory_limit=memory_mb)] * count)
+  else:
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices('CPU')[0], [tf.config.LogicalDeviceConfiguration()] * count)
+  logical = tf.config.list_logical_devices('GPU' if gpus else 'CPU')[:count]
+  return tf.distribute.MirroredStrategy([device.name for device in logical])
+
+
+# Ops that only move, name or hold values, left out of the list of what the check placed.
+_PLUMBING_OPS = {'Placeholder', 'Identity', 'NoOp', 'Const', 'ReadVariableOp', '_Arg', '_Retval'}
+
+
+def placement(model, image_shape, device):
+  """Whether the model's preprocessing (scale, resize, adapter) runs on `device`, with the ops
+  it is made of, and whether the whole forward pass does too.
+
+  Soft placement off: an op with no kernel for `device` then fails instead of moving to the
+  CPU unnoticed, so a pass under tf.device(device) that runs placed every op there. The
+  two passes are tried apart, so that something outside the preprocessing (the strategy's
+  variables, say) cannot hide its answer.
+  """
+  images = tf.zeros((2, *image_shape), tf.uint8)
+  preprocess = tf.function(lambda x: preprocessing_model(model)(x, training=False))
+  forward = tf.function(lambda x: model(x, training=False))
+  preprocessed = _run_placed(preprocess, images, device)
+  if 'output_device' in preprocessed:
+    ops = {op.type for op in preprocess.get_concrete_function(images).graph.get_operations()}
+    preprocessed['ops'] = sorted(ops - _PLUMBING_OPS)
+  return {
+      'device': device,
+      'preprocessing': preprocessed,
+      'forward': _run_placed(forward, images, device)
+  }
+
+
+def _run_placed(function, images, device):
+  """{'output_device': ...} if `function` ran with every op on `device`, else {'error': ...}."""
+  soft = tf.config.get_soft_device_placement()
+  tf.config.set_soft_device_placement(False)
+  try:
+    with tf.device(device):
+      output = function(images)
+  except tf.errors.OpError as e:
+    return {'error': e.message.splitlines()[0][:300]}
+  finally:
+    tf.config.set_soft_device_placement(soft)
+  if not output.device.endswith(device[1:]):  # '/GPU:0' -> '...device:GPU:0'
+    return {'error': f'the output came back on {output.device}'}
+  return {'output_device': output.device}
 
 
 def devices(_):
-  """The GPUs TensorFlow sees, for the GPU suite's defaults and the table's header."""
-  return {'gpus': [_device_name(d) for d in tf.config.list_physical_devices('GPU')], **libraries()}
+  """The GPUs TensorFlow sees and what --precision=auto picks on one of them (or on this CPU),
+  for the GPU suite's rows and the table's header."""
+  gpus = tf.config.list_physical_devices('GPU')
+  return {
+      'gpus': [_device_name(d) for d in gpus],
+      'auto_precision': distribution.resolve_precision('auto', min(len(gpus), 1)),
+      **libraries()
+  }
+
+
+# ---- A run of the recipe on real digits (the GPU check).
+
+
+def recipe_run(p):
+  """trainer.main with the recipe's flags from a random start, to its end (no export): the
+  validation accuracy by epoch, the test figures, training img/s and the wall times."""
+  timer, epochs = StepTimer(), LevelReached(float('inf'))  # a level never reached: all epochs
+  _add_training_callback(timer)
+  _add_training_callback(epochs)
+  run_dir = tempfile.mkdtemp(prefix='benchmark_run_')
+  metrics = _run_main([
+      f'--flagfile={p["recipe"]}', f'--dataset={p["dataset"]}', '--weights=none',
+      f'--image_size={p["image_size"]}', f'--batch_size={p["batch_size"]}',
+      f'--epochs={p["epochs"]}', f'--num_gpus={p["num_gpus"]}', '--noexport',
+      f'--run_dir={run_dir}', *p['flags']
+  ])
+  finished_wall = time.time()
+  shutil.rmtree(run_dir, ignore_errors=True)
+  return {
+      'val_accuracy': epochs.val_accuracy,
+      'test_accuracy': metrics['test_accuracy'],
+      'test_loss': metrics['test_loss'],
+      'images_per_second': images_per_second(timer.epochs, p['batch_size'], p['warmup_steps']),
+      'first_step_wall': timer.first_step_wall,
+      'finished_wall': finished_wall,
+      'precision': keras.mixed_precision.global_policy().name,
+      **libraries()
+  }
 
 
 def _device_name(device):
@@ -412,7 +545,7 @@ def _nbytes(tensor):
 CASES = {
     f.__name__: f for f in (data_stage_project, data_stage_baseline, input_pipeline, train_main,
                             whole_job_project, whole_job_article, time_to_accuracy_project,
-                            time_to_accuracy_article, training_rate, devices)
+                            time_to_accuracy_article, training_rate, devices, recipe_run)
 }
 
 if __name__ == '__main__':

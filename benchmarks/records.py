@@ -23,16 +23,20 @@ import json
 import os
 import platform
 import subprocess
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS_DIR = os.path.join(REPO_ROOT, 'benchmarks', 'records')
 
 
-def write(claim: str, name: str, record: dict) -> str:
-  """Writes `record` with its provenance filled in where missing; returns the file's path."""
+def write(claim: str, name: str, record: dict, records_dir: Optional[str] = None) -> str:
+  """Writes `record` with its provenance filled in where missing; returns the file's path.
+
+  `records_dir`: another folder than benchmarks/records (records made on a machine that
+  sends back only one folder, for instance).
+  """
   record = {'claim': claim, 'name': name, **provenance(), **record}
-  path = os.path.join(RECORDS_DIR, claim, f'{name}.json')
+  path = os.path.join(records_dir or RECORDS_DIR, claim, f'{name}.json')
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w') as f:
     json.dump(record, f, indent=2, sort_keys=False)

@@ -2,32 +2,45 @@
 
   python -m benchmarks.run --suite=cpu [--quick] [--output=FILE]
   python -m benchmarks.run --suite=gpu [--num_gpus=N] [--quick] [--output=FILE]
+  python -m benchmarks.run --suite=gpu_check --mnist_idx=DIR   # benchmarks/gpu_check.sh
 
 Run from the repository root. Each row is the project's figure, the baseline's or the
 reference's figure, and their ratio, measured in the same run on the same data, image
 size and batch size; every figure comes from a child process (benchmarks/cases.py).
 --quick shrinks every size for a smoke check of the code: its figures are not the ones
-to quote.
+to quote. A full run also writes each table as a record (benchmarks/records/CLAIM/NAME.json,
+see benchmarks/tables.py), which benchmarks.report renders; the printed table is made
+from that record.
 """
 import dataclasses
-import json
 import os
+import shlex
 import sys
 import tempfile
-from typing import List, Optional, Tuple
+import time
+from typing import Callable, List, Optional, Tuple
 
 from absl import app, flags
 
-from benchmarks.measure import ChildFailed, gib, machine_description, run_child
+from benchmarks import records, tables
+from benchmarks.measure import ChildFailed, Children, gib, machine_description
+from benchmarks.tables import Row
 
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'  # Debian's dataset-fashion-mnist
+# The GPU suites' rows besides float32 (always: the reference, and the placement check);
+# mnist: the GPU check's run of the recipe.
+GPU_ROW_GROUPS = ('precisions', 'replicas', 'xla', 'steps_per_execution', 'mnist')
+GPU_CHECK_BUDGET_S = 450  # of benchmarks/gpu_check.sh's 8 minutes; the rest starts and reports
 
 flags.DEFINE_enum(
-    'suite', 'cpu', ['cpu', 'jobs', 'cpu_settings', 'gpu'], 'cpu: the project against the '
+    'suite', 'cpu', ['cpu', 'jobs', 'cpu_settings', 'gpu', 'gpu_check'],
+    'cpu: the project against the '
     'article\'s approach on this machine, its parts and then whole jobs; jobs: only the whole '
     'jobs (peak memory, time to accuracy); cpu_settings: training img/s on this CPU by '
-    'precision, thread pools, batch size and oneDNN; gpu: images/s per GPU by precision, '
-    'GPUs, XLA, steps per call.')
+    'precision, thread pools, batch size and oneDNN; gpu: where the model runs and images/s '
+    'per GPU by precision, GPUs, XLA, steps per call; gpu_check: the gpu suite within '
+    '--budget_s, then 2 epochs of the recipe on real MNIST (--mnist_idx); '
+    'benchmarks/gpu_check.sh runs it.')
 flags.DEFINE_bool('quick', False, 'Small sizes: a smoke check of the code in a few minutes.')
 flags.DEFINE_string(
     'dataset', None, 'The data, as trainer.main\'s --dataset: default '
@@ -35,7 +48,8 @@ flags.DEFINE_string(
     'installed, else synthetic data of the same shape.')
 flags.DEFINE_string(
     'mnist_idx', None, 'Folder of real MNIST\'s IDX files for the time-to-accuracy row '
-    '(python ../shared/data/mnist_idx.py DIR writes them); without it the row is skipped.')
+    'and the GPU check\'s run (python ../shared/data/mnist_idx.py DIR writes them); without it '
+    'the row is skipped.')
 flags.DEFINE_float('level',
                    0.98,
                    'Time-to-accuracy row: the validation accuracy both sides train to.',
@@ -58,6 +72,35 @@ flags.DEFINE_integer('steps_per_execution',
                      10,
                      'GPU suite: steps per call in that row.',
                      lower_bound=2)
+flags.DEFINE_multi_enum(
+    'gpu_rows', list(GPU_ROW_GROUPS), GPU_ROW_GROUPS,
+    'GPU suites: which rows to measure besides float32 and the placement check (default: '
+    'all); the others say they were not run.')
+flags.DEFINE_integer(
+    'logical_gpu_memory_mb',
+    24576,
+    'GPU suite on one GPU: the memory of each of the two logical GPUs carved from it for the '
+    'several-replica row.',
+    lower_bound=1024)
+flags.DEFINE_float(
+    'budget_s',
+    None, 'Seconds for the whole suite: a measurement starts only if its expected time still '
+    'fits and is stopped when the time is up; its row says so. Default: none, or '
+    f'{GPU_CHECK_BUDGET_S} for --suite=gpu_check without --quick.',
+    lower_bound=0)
+flags.DEFINE_bool(
+    'record', None, 'Write each table as a record, benchmarks/records/CLAIM/NAME.json '
+    '(benchmarks/records.py), for benchmarks.report. Default: on for full runs, off with '
+    '--quick.')
+flags.DEFINE_string(
+    'record_name', None, 'The records\' file name within their claims (default: full, or '
+    'quick with --quick).')
+flags.DEFINE_string(
+    'records_dir', None, 'Write records under this folder instead of benchmarks/records (a '
+    'folder that comes back from another machine, a test\'s temporary folder).')
+flags.DEFINE_string(
+    'commit', None, 'The commit measured, for the records, where the checkout has no git '
+    'history (a copy of the tree on another machine).')
 
 FLAGS = flags.FLAGS
 
@@ -146,32 +189,22 @@ GPU_QUICK = RateSizes(image_size=32,
                       fraction=0.05)
 
 
-@dataclasses.dataclass
-class Row:
-  measure: str
-  project: str
-  reference: str
-  ratio: Optional[float] = None
-  ratio_text: str = ''
-  target: str = ''
-  met: Optional[bool] = None
+@dataclasses.dataclass(frozen=True)
+class MnistRunSizes:
+  """The GPU check's run of the recipe on real MNIST."""
+  epochs: int
+  image_size: int
+  batch_size: int
+  warmup_steps: int  # of each epoch, left out of the training rate
+  flags: Tuple[str, ...] = ()  # added to the recipe's (quick: a few steps)
 
 
-class Children:
-  """Runs the cases one after another, saying what runs; logs go to one folder."""
-
-  def __init__(self, log_dir, total):
-    self.log_dir = log_dir
-    self.total = total
-    self.done = 0
-
-  def run(self, what, case, params, module='benchmarks.cases', env=None):
-    self.done += 1
-    print(f'[{self.done}/{self.total}] {what} ...', file=sys.stderr, flush=True)
-    name = f'{self.done:02d}_{case}'
-    args = [case, json.dumps(params)] if module == 'benchmarks.cases' else [json.dumps(params)]
-    return run_child(module, args, os.path.join(self.log_dir, name + '.log'), env=env)
-
+MNIST_FULL = MnistRunSizes(epochs=2, image_size=64, batch_size=128, warmup_steps=10)
+MNIST_QUICK = MnistRunSizes(epochs=2,
+                            image_size=32,
+                            batch_size=16,
+                            warmup_steps=1,
+                            flags=('--steps_per_epoch=3', '--eval_steps=1'))
 
 # ---- CPU suite
 
@@ -214,10 +247,14 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
       _faster('Data stage: first data call to first training batch ready (s)', project['seconds'],
               article['seconds'], 10),
       Row('Data stage: peak resident memory, whole process (GiB)',
-          f'{gib(project["peak_rss"]):.2f}', f'{gib(article["peak_rss"]):.2f}',
+          f'{gib(project["peak_rss"]):.2f}',
+          f'{gib(article["peak_rss"]):.2f}',
           article['peak_rss'] / project['peak_rss'],
-          f'{article["peak_rss"] / project["peak_rss"]:.1f}x less', '>= 5x less',
-          article['peak_rss'] / project['peak_rss'] >= 5),
+          f'{article["peak_rss"] / project["peak_rss"]:.1f}x less',
+          '>= 5x less',
+          article['peak_rss'] / project['peak_rss'] >= 5,
+          project_value=gib(project['peak_rss']),
+          reference_value=gib(article['peak_rss'])),
       _at_least('Input pipeline alone (batches/s) vs the model\'s training rate (batches/s)',
                 pipeline['batches_per_second'], model_batches_per_second, 50, 'x', '{:.1f}',
                 '{:.3f}'),
@@ -231,8 +268,15 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
           trained['pre_resized_images_per_second'], 0.95, '', '{:.1f}', '{:.1f}'),
       Row(
           'Start-up: process start to first finished training step (s), trainer.main vs a '
-          'bare script', f'{main_start:.1f}', f'{bare_start:.1f}', main_start / bare_start,
-          f'{main_start / bare_start:.2f}x', '<= 1.2x', main_start / bare_start <= 1.2),
+          'bare script',
+          f'{main_start:.1f}',
+          f'{bare_start:.1f}',
+          main_start / bare_start,
+          f'{main_start / bare_start:.2f}x',
+          '<= 1.2x',
+          main_start / bare_start <= 1.2,
+          project_value=main_start,
+          reference_value=bare_start),
   ]
   notes = [
       f'Sizes: {sizes.image_size}x{sizes.image_size} images, batch {sizes.batch_size}, '
@@ -240,10 +284,12 @@ def cpu_suite(dataset, sizes: CpuSizes, children: Children):
       ('' if sizes.fraction == 1 else f' ({sizes.fraction:.0%} of each split)') + '.',
       f'Data stage: both processes import the same libraries (TensorFlow, tf_keras, '
       f'tensorflow-datasets, numpy, OpenCV, the trainer) before the timer starts, and both '
-      f'end at the batch `fit`\'s first step takes (tf_keras\'s data handler). The baseline\'s '
+      f'end as `fit` hands its first step its first batch (`fit` itself, stopped there: '
+      f'benchmarks/first_batch.py). The baseline\'s '
       f'preparation alone took {article["prepare_seconds"]:.1f} s and holds '
       f'{gib(article["host_bytes"]):.2f} GiB of float32 images; the project holds the uint8 '
-      f'images once, in its tf.data cache. Resize in the baseline: {article["resize"]}.',
+      f'images once, in memory (trainer.data.in_memory). Resize in the baseline: '
+      f'{article["resize"]}.',
       f'Input pipeline: trainer.data.training_batches on the training split, timed over '
       f'{sizes.pipeline_batches} batches after the split is in memory; the '
       f'model\'s rate is trainer.main\'s steady training rate.',
@@ -348,8 +394,13 @@ def whole_job_memory(dataset, sizes: JobSizes, children: Children):
 
 def _less_memory(measure, project, article):
   ratio = article['peak_rss'] / project['peak_rss']
-  return Row(measure, f'{gib(project["peak_rss"]):.2f}', f'{gib(article["peak_rss"]):.2f}', ratio,
-             f'{ratio:.1f}x less')
+  return Row(measure,
+             f'{gib(project["peak_rss"]):.2f}',
+             f'{gib(article["peak_rss"]):.2f}',
+             ratio,
+             f'{ratio:.1f}x less',
+             project_value=gib(project['peak_rss']),
+             reference_value=gib(article['peak_rss']))
 
 
 def _time_to_accuracy_row(ours, theirs, level, image_size):
@@ -360,10 +411,11 @@ def _time_to_accuracy_row(ours, theirs, level, image_size):
       for side, result in (('ours', ours), ('theirs', theirs))
   }
   text = {side: f'{s:.0f}' if s else 'not reached' for side, s in seconds.items()}
+  values = dict(project_value=seconds['ours'] or None, reference_value=seconds['theirs'] or None)
   if not (seconds['ours'] and seconds['theirs']):
-    return Row(measure, text['ours'], text['theirs'])
+    return Row(measure, text['ours'], text['theirs'], **values)
   ratio = seconds['theirs'] / seconds['ours']
-  return Row(measure, text['ours'], text['theirs'], ratio, f'{ratio:.1f}x faster')
+  return Row(measure, text['ours'], text['theirs'], ratio, f'{ratio:.1f}x faster', **values)
 
 
 def _phases(peaks):
@@ -376,15 +428,29 @@ def _accuracies(result):
 
 def _faster(measure, project_s, baseline_s, target):
   ratio = baseline_s / project_s
-  return Row(measure, f'{project_s:.2f}', f'{baseline_s:.2f}', ratio, f'{ratio:.1f}x faster',
-             f'>= {target}x faster', ratio >= target)
+  return Row(measure,
+             f'{project_s:.2f}',
+             f'{baseline_s:.2f}',
+             ratio,
+             f'{ratio:.1f}x faster',
+             f'>= {target}x faster',
+             ratio >= target,
+             project_value=project_s,
+             reference_value=baseline_s)
 
 
 def _at_least(measure, project, reference, target, unit, project_format, reference_format):
   ratio = project / reference
   ratio_text = f'{ratio:.0f}x' if unit == 'x' else f'{ratio:.3f}'
-  return Row(measure, project_format.format(project), reference_format.format(reference), ratio,
-             ratio_text, f'>= {target}{unit}', ratio >= target)
+  return Row(measure,
+             project_format.format(project),
+             reference_format.format(reference),
+             ratio,
+             ratio_text,
+             f'>= {target}{unit}',
+             ratio >= target,
+             project_value=project,
+             reference_value=reference)
 
 
 # ---- CPU settings
@@ -441,60 +507,127 @@ def cpu_settings_suite(dataset, sizes: RateSizes, children: Children):
 # ---- GPU suite
 
 
-def gpu_suite(dataset, sizes: RateSizes, children: Children, num_gpus, precision, spe, quick):
-  found = children.run('visible devices', 'devices', {})
+class NoGpu(Exception):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuOptions:
+  num_gpus: int  # the GPUs of the scaling row; 0: all visible
+  precision: str  # of the scaling, XLA and steps-per-call rows
+  steps_per_execution: int
+  logical_memory_mb: int  # of each logical GPU when one GPU is split in two
+  quick: bool
+  rows: Tuple[str, ...] = GPU_ROW_GROUPS  # which of the optional rows to measure
+
+
+# Seconds each measurement is expected to take on one H200-class GPU with 16 cores, at
+# the full sizes: importing TensorFlow and starting CUDA, building DenseNet121, tracing
+# (XLA: compiling) the step, then the timed steps. The GPU check's budget is their sum.
+EXPECTED_GPU_S = {
+    'devices': 15,
+    'rate': 45,
+    'split': 60,
+    'xla': 120,
+    'mnist': 110,
+}
+
+
+def gpu_suite(dataset,
+              sizes: RateSizes,
+              children: Children,
+              options: GpuOptions,
+              after_precisions: Optional[Callable[[dict], None]] = None):
+  """Where the model runs and images/s per device: by precision, what --precision=auto picks,
+  several replicas, XLA and steps per call. `after_precisions` runs between the precision rows
+  and the others (the GPU check's MNIST run: worth more than the rows after it)."""
+  found = children.run('visible devices and what --precision=auto picks',
+                       'devices', {},
+                       expected_s=EXPECTED_GPU_S['devices'])
+  if 'missing' in found:
+    raise ChildFailed(f'visible devices: {found["missing"]}')
   gpus = found['gpus']
-  if gpus:
-    num_gpus = num_gpus or len(gpus)
-    one = 1
-  elif quick:
-    num_gpus, one = 0, 0  # a CPU smoke check of the code: no scaling or XLA rows
-  else:
-    raise app.UsageError('no GPU is visible to TensorFlow; --suite=gpu needs a CUDA machine '
-                         '(pip install -e .[and-cuda]), or add --quick for a CPU smoke check')
+  if not gpus and not options.quick:
+    raise NoGpu('no GPU is visible to TensorFlow; this suite needs a CUDA machine (pip install '
+                '-e .[and-cuda]) or --quick, a smoke check of its code on the CPU')
+  num_gpus = (options.num_gpus or len(gpus)) if gpus else 0
   if num_gpus > len(gpus):
     raise app.UsageError(f'--num_gpus={num_gpus} but {len(gpus)} GPUs are visible')
-  children.total = 6 + (num_gpus > 1) + bool(gpus)
-
-  def measure(what, full_result=False, **config):
-    params = dict(
-        dict(precision=precision,
-             num_gpus=one,
-             xla=False,
-             steps_per_execution=1,
-             interpolation='bicubic'), **config)
-    result = children.run(what, 'training_rate',
-                          dict(dataclasses.asdict(sizes), dataset=dataset, **params))
-    return result if full_result else result['images_per_second_per_device']
-
   device = 'GPU' if gpus else 'CPU'
-  by_precision = {p: measure(p, precision=p) for p in ('float32', 'mixed_float16', 'mixed_bfloat16')}
-  f32 = by_precision['float32']
-  base = by_precision[precision]
-  rows = [Row(f'float32, 1 {device} (img/s per {device})', f'{f32:.1f}', '')]
+  precision = options.precision
+  children.total = 6 + bool(gpus) + (after_precisions is not None)
+
+  def measure(what, group, expected='rate', **config):
+    if group and group not in options.rows:
+      children.done += 1
+      return {'missing': f'not run (--gpu_rows={",".join(options.rows)})'}
+    params = dict(precision=precision,
+                  num_gpus=1 if gpus else 0,
+                  xla=False,
+                  steps_per_execution=1,
+                  interpolation='bicubic')
+    return children.run(what,
+                        'training_rate',
+                        dict(dataclasses.asdict(sizes), dataset=dataset, **dict(params, **config)),
+                        expected_s=EXPECTED_GPU_S[expected])
+
+  # float32 always: the other rows' reference, and the model whose placement is checked.
+  rates = {
+      'float32':
+          measure(f'float32, 1 {device}, then where the model\'s ops run',
+                  None,
+                  precision='float32',
+                  check_placement=True)
+  }
   for other in ('mixed_float16', 'mixed_bfloat16'):
-    rows.append(_speedup(f'{other} vs float32 (img/s per {device})', by_precision[other], f32))
-  auto = measure('--precision=auto', precision='auto', full_result=True)
-  rows.append(
-      _speedup(f'--precision=auto ({auto["precision"]}) vs float32 (img/s per {device})',
-               auto['images_per_second_per_device'], f32))
+    rates[other] = measure(f'{other}, 1 {device}', 'precisions', precision=other)
+  f32, auto = rates['float32'], found['auto_precision']
+  rows = [
+      _placement_row(f32, device),
+      _rate_row(f'float32, 1 {device} (img/s per {device})', f32),
+      *[
+          _speedup_of(f'{p} vs float32 (img/s per {device})', rates[p], f32)
+          for p in ('mixed_float16', 'mixed_bfloat16')
+      ],
+      _speedup_of(f'--precision=auto picks {auto} here: {auto} vs float32 (img/s per {device})',
+                  rates[auto], f32),
+  ]
+  if after_precisions:
+    after_precisions(found)
+  base = rates[precision]
   if num_gpus > 1:
-    multi = measure(f'{num_gpus} GPUs', num_gpus=num_gpus)
+    several = f'{num_gpus} GPUs under MirroredStrategy'
     rows.append(
-        _speedup(f'{num_gpus} GPUs vs 1, {precision} (img/s per GPU): scaling '
-                 'efficiency', multi, base))
+        _speedup_of(f'{num_gpus} GPUs vs 1, {precision} (img/s per GPU): scaling efficiency',
+                    measure(f'{num_gpus} GPUs', 'replicas', num_gpus=num_gpus, expected='split'),
+                    base))
   else:
-    rows.append(Row('Several GPUs vs 1: scaling efficiency', 'skipped: one GPU or none', ''))
+    several = (f'two logical {device}s carved from one (tf.config.'
+               f'set_logical_device_configuration'
+               f'{f", {options.logical_memory_mb} MiB each" if gpus else ""}) under the '
+               f'MirroredStrategy that --num_gpus=2 makes (benchmarks/cases.py '
+               f'logical_device_strategy: trainer.distribution.make_strategy counts physical '
+               f'GPUs and refuses this). It proves the several-replica path, not its speed: '
+               f'both replicas share one {device}')
+    split = measure(f'2 logical {device}s carved from one, MirroredStrategy',
+                    'replicas',
+                    expected='split',
+                    logical_devices=2,
+                    logical_memory_mb=options.logical_memory_mb)
+    rows.append(_split_row(split, base, device, precision))
   if gpus:
+    xla = measure('XLA on', 'xla', xla=True, expected='xla')
     rows.append(
-        _speedup(
+        _speedup_of(
             f'XLA (--jit_compile) on vs off, {precision}, the default bicubic model '
-            '(img/s per GPU)', measure('XLA on', xla=True), base))
+            '(img/s per GPU)', _took_effect(xla, 'jit_compile', True), base))
   else:
     rows.append(Row('XLA on vs off', 'skipped on CPU: compiling DenseNet121 takes minutes', ''))
+  spe = options.steps_per_execution
+  per_call = measure(f'{spe} steps per call', 'steps_per_execution', steps_per_execution=spe)
   rows.append(
-      _speedup(f'steps_per_execution={spe} vs 1, {precision} (img/s per {device})',
-               measure(f'{spe} steps per call', steps_per_execution=spe), base))
+      _speedup_of(f'steps_per_execution={spe} vs 1, {precision} (img/s per {device})',
+                  _took_effect(per_call, 'steps_per_call', spe), base))
   notes = [
       f'Devices: {", ".join(gpus) or "none (a CPU smoke check, not GPU figures)"}.',
       f'Sizes: {sizes.image_size}x{sizes.image_size} images, batch {sizes.batch_size_per_device} '
@@ -504,31 +637,139 @@ def gpu_suite(dataset, sizes: RateSizes, children: Children, num_gpus, precision
       f'Rates are medians over executions, each ending in a host sync. Every row runs the '
       f'default model (bicubic resize as two matrix products, trainer/resize.py), which XLA '
       f'compiles whole.',
+      _placement_note(f32),
+      f'Several replicas: {several}.',
   ]
   return rows, notes, found
 
 
+def _placement_row(result, device):
+  measure = (f'Resize and adapter on {device}:0: the preprocessing under tf.device with soft '
+             f'placement off')
+  if 'missing' in result:
+    return Row(measure, result['missing'], '')
+  placed = result['placement']['preprocessing']
+  return Row(measure,
+             'yes' if 'output_device' in placed else f'no: {placed["error"]}',
+             '',
+             target=f'every op on {device}:0',
+             met='output_device' in placed)
+
+
+def _placement_note(result):
+  if 'placement' not in result:
+    return 'Placement: not measured.'
+  placement = result['placement']
+  preprocessing, forward = placement['preprocessing'], placement['forward']
+  if 'output_device' not in preprocessing:
+    return f'Placement: the preprocessing did not run on {placement["device"]}: ' \
+           f'{preprocessing["error"]}.'
+  whole = (f'the whole forward pass too, on {forward["output_device"]}' if 'output_device'
+           in forward else f'the whole forward pass did not ({forward["error"]})')
+  return (f'Placement: the model of the float32 row, called under tf.device('
+          f'{placement["device"]!r}) with soft placement off (an op with no kernel there fails '
+          f'instead of moving to the CPU): its preprocessing (scale, resize, adapter; ops '
+          f'{", ".join(preprocessing["ops"])}) ran there, its output on '
+          f'{preprocessing["output_device"]}; {whole}.')
+
+
+def _rate_row(measure, result):
+  if 'missing' in result:
+    return Row(measure, result['missing'], '')
+  rate = result['images_per_second_per_device']
+  return Row(measure, f'{rate:.1f}', '', project_value=rate)
+
+
+def _speedup_of(measure, result, reference):
+  """A rate against another, from two cases' results, either of which may be missing."""
+  for side in (result, reference):
+    if 'missing' in side:
+      return Row(measure, side['missing'] if side is result else 'reference ' + side['missing'], '')
+  return _speedup(measure, result['images_per_second_per_device'],
+                  reference['images_per_second_per_device'])
+
+
+def _took_effect(result, setting, expected):
+  """`result`, or missing if the model did not run with the setting under test."""
+  if 'missing' in result or result.get(setting) == expected:
+    return result
+  return {'missing': f'not measured: the model ran with {setting}={result.get(setting)}'}
+
+
+def _split_row(split, base, device, precision):
+  measure = (f'2 logical {device}s on one {device} under MirroredStrategy vs 1 {device}, '
+             f'{precision} (img/s per replica)')
+  row = _speedup_of(measure, split, base)
+  if 'missing' not in split:
+    row.target, row.met = 'runs, 2 replicas', split['replicas'] == 2
+  return row
+
+
 def _speedup(measure, project, reference):
   ratio = project / reference
-  return Row(measure, f'{project:.1f}', f'{reference:.1f}', ratio, f'{ratio:.2f}x')
+  return Row(measure,
+             f'{project:.1f}',
+             f'{reference:.1f}',
+             ratio,
+             f'{ratio:.2f}x',
+             project_value=project,
+             reference_value=reference)
 
 
-# ---- The table
+# ---- The GPU check's run of the recipe on real MNIST
 
 
-def table(title, rows: List[Row], notes, header_lines):
-  lines = [f'## {title}', '']
-  lines += [f'- {line}' for line in header_lines]
-  lines += [
-      '', '| Measure | Project | Baseline / reference | Ratio | Target | Met |',
-      '| --- | ---: | ---: | ---: | --- | --- |'
+def mnist_run(mnist_idx, sizes: MnistRunSizes, num_gpus, children: Children, quick):
+  """trainer.main with the recipe from a random start on real MNIST, to the test."""
+  result = children.run(
+      f'{sizes.epochs} epochs of the recipe on real MNIST, {sizes.image_size}x{sizes.image_size}',
+      'recipe_run',
+      dict(recipe=RECIPE,
+           dataset=f'idx:{mnist_idx}',
+           image_size=sizes.image_size,
+           batch_size=sizes.batch_size,
+           epochs=sizes.epochs,
+           num_gpus=num_gpus,
+           warmup_steps=sizes.warmup_steps,
+           flags=list(sizes.flags)),
+      expected_s=EXPECTED_GPU_S['mnist'])
+  what = f'after {sizes.epochs} epochs from a random start'
+  if 'missing' in result:
+    return [Row(f'Test accuracy on real MNIST {what}', result['missing'], '')], [], result
+  startup = result['first_step_wall'] - result['spawned_at']
+  whole = result['finished_wall'] - result['spawned_at']
+  accuracy = result['test_accuracy']
+  rows = [
+      Row(f'Test accuracy on real MNIST {what}, {sizes.image_size}x{sizes.image_size}',
+          f'{accuracy:.4f}',
+          '',
+          target='' if quick else '>= 0.97',
+          met=None if quick else accuracy >= 0.97,
+          project_value=accuracy),
+      Row('Validation accuracy by epoch', ' '.join(f'{a:.4f}' for a in result['val_accuracy']), ''),
+      Row(f'Training (img/s), after {sizes.warmup_steps} steps of each epoch',
+          f'{result["images_per_second"]:.1f}',
+          '',
+          project_value=result['images_per_second']),
+      Row('Process start to first finished training step (s)',
+          f'{startup:.1f}',
+          '',
+          project_value=startup),
+      Row('Process start to the end of the test (s)', f'{whole:.1f}', '', project_value=whole),
   ]
-  for r in rows:
-    met = '' if r.met is None else ('yes' if r.met else '**no**')
-    lines.append(f'| {r.measure} | {r.project} | {r.reference} | {r.ratio_text} | {r.target} '
-                 f'| {met} |')
-  lines += [''] + [f'- {note}' for note in notes]
-  return '\n'.join(lines) + '\n'
+  command = shlex.join([
+      'python', '-m', 'trainer.main', f'--flagfile={RECIPE}', f'--dataset=idx:{mnist_idx}',
+      '--weights=none', f'--image_size={sizes.image_size}', f'--batch_size={sizes.batch_size}',
+      f'--epochs={sizes.epochs}', f'--num_gpus={num_gpus}', '--noexport', *sizes.flags
+  ])
+  notes = [
+      f'`{command}`, in a child process: the recipe (augmentation, label smoothing, dropout, '
+      f'warmup and cosine decay over the {sizes.epochs} epochs, BatchNorm recalibration) at '
+      f'--precision=auto ({result["precision"]}), from a random start. Real MNIST: the last 20% '
+      f'of its training digits validate, its test digits test the best checkpoint. The '
+      f'accuracy target is a floor that a working GPU path clears, not a result to quote.'
+  ]
+  return rows, notes, result
 
 
 def default_dataset():
@@ -545,6 +786,113 @@ def describe_data(dataset):
   return f'--dataset={dataset}'
 
 
+@dataclasses.dataclass
+class Table:
+  """One table of a suite's run and where its record goes."""
+  claim: str  # benchmarks/records/CLAIM/
+  title: str
+  rows: List[Row]
+  notes: List[str]
+  libs: dict  # a child's result with the tensorflow and tf_keras versions
+  children: Children
+  details: dict  # kept in the record beside the table: sizes, results
+  name_suffix: str = ''  # after the record's name, for a second table in the same claim
+
+
+def run_suite(suite, dataset, log_dir, deadline) -> List[Table]:
+  quick = FLAGS.quick
+  if suite == 'gpu_check' and not FLAGS.mnist_idx:
+    raise app.UsageError('--suite=gpu_check needs --mnist_idx=DIR, real MNIST\'s four IDX files')
+  out = []
+  if suite == 'cpu':
+    sizes = CPU_QUICK if quick else CPU_FULL
+    children = Children(log_dir, 3 + 2 * sizes.start_ups)
+    rows, notes, libs = cpu_suite(dataset, sizes, children)
+    out.append(Table('cpu_suite', 'CPU suite', rows, notes, libs, children, _sizes(sizes)))
+  if suite in ('cpu', 'jobs'):
+    sizes = JOBS_QUICK if quick else JOBS_FULL
+    children = Children(log_dir, 3 + 2 * bool(FLAGS.mnist_idx))
+    rows, notes, libs = jobs_suite(dataset, FLAGS.mnist_idx, sizes, FLAGS.level, FLAGS.max_epochs,
+                                   children)
+    out.append(Table('jobs', 'Whole jobs', rows, notes, libs, children, _sizes(sizes)))
+  if suite == 'cpu_settings':
+    sizes = CPU_SETTINGS_QUICK if quick else CPU_SETTINGS_FULL
+    children = Children(log_dir, 1)
+    rows, notes, libs = cpu_settings_suite(dataset, sizes, children)
+    out.append(Table('cpu_settings', 'CPU settings', rows, notes, libs, children, _sizes(sizes)))
+  if suite in ('gpu', 'gpu_check'):
+    out += gpu_tables(suite, dataset, log_dir, deadline)
+  return out
+
+
+def gpu_tables(suite, dataset, log_dir, deadline) -> List[Table]:
+  """The GPU suite's table; for the GPU check, its run on real MNIST's too, measured right
+  after the precision rows."""
+  quick = FLAGS.quick
+  sizes = GPU_QUICK if quick else GPU_FULL
+  children = Children(log_dir, 1, deadline=deadline, keep_going=suite == 'gpu_check')
+  options = GpuOptions(num_gpus=FLAGS.num_gpus,
+                       precision=FLAGS.gpu_precision,
+                       steps_per_execution=2 if quick else FLAGS.steps_per_execution,
+                       logical_memory_mb=FLAGS.logical_gpu_memory_mb,
+                       quick=quick,
+                       rows=tuple(FLAGS.gpu_rows))
+  mnist = []
+
+  def run_mnist(found):
+    mnist_sizes = MNIST_QUICK if quick else MNIST_FULL
+    rows, notes, result = mnist_run(FLAGS.mnist_idx, mnist_sizes, 1 if found['gpus'] else 0,
+                                    children, quick)
+    mnist.append(
+        Table('gpu_check', f'GPU check: {mnist_sizes.epochs} epochs on real MNIST', rows, notes,
+              found, children, dict(_sizes(mnist_sizes), result=result), '_mnist'))
+
+  claim, title = ('gpu_check', 'GPU check') if suite == 'gpu_check' else ('gpu_suite', 'GPU suite')
+  check_mnist = suite == 'gpu_check' and 'mnist' in options.rows
+  rows, notes, found = gpu_suite(dataset, sizes, children, options,
+                                 run_mnist if check_mnist else None)
+  notes.append('Seconds per measurement, each a process of its own: ' +
+               '; '.join(f'{what}: {s:.0f} s' for what, s in children.elapsed_s.items()) + '.')
+  details = dict(_sizes(sizes), devices=found)
+  return [Table(claim, title, rows, notes, found, children, details)] + mnist
+
+
+def _sizes(sizes):
+  return {'sizes': dataclasses.asdict(sizes)}
+
+
+def table_record(table: Table, dataset, machine, quick) -> dict:
+  """The record of a table (see benchmarks/tables.py), as records.write stores it."""
+  libs = table.libs
+  versions = {k: libs.get(k, 'unknown') for k in ('tensorflow', 'tf_keras')}
+  kind = 'quick smoke run: sizes shrunk, not the figures to quote' if quick else 'full run'
+  header = [
+      f'{machine["date"]}, {kind}',
+      f'Machine: {machine["cpu"]}, {machine["cores"]} cores; Python {machine["python"]}, '
+      f'TensorFlow {versions["tensorflow"]}, tf_keras {versions["tf_keras"]}',
+      f'Data: {describe_data(dataset)}'
+  ]
+  return tables.suite_record(shlex.join(['python', '-m', 'benchmarks.run', *sys.argv[1:]]),
+                             FLAGS.suite,
+                             'quick' if quick else 'full',
+                             table.title,
+                             header,
+                             table.rows,
+                             table.notes,
+                             data=describe_data(dataset),
+                             dataset=dataset,
+                             versions={
+                                 'python': machine['python'],
+                                 **versions
+                             },
+                             elapsed_s=dict(table.children.elapsed_s),
+                             **table.details)
+
+
+def should_record():
+  return FLAGS.record if FLAGS.record is not None else not FLAGS.quick
+
+
 def main(argv):
   del argv
   dataset = FLAGS.dataset or default_dataset()
@@ -552,37 +900,27 @@ def main(argv):
   os.makedirs(log_dir, exist_ok=True)
   print(f'Child logs: {log_dir}', file=sys.stderr)
   machine = machine_description()
-  kind = 'quick smoke run: sizes shrunk, not the figures to quote' if FLAGS.quick else 'full run'
+  budget_s = FLAGS.budget_s
+  if budget_s is None and FLAGS.suite == 'gpu_check' and not FLAGS.quick:
+    budget_s = GPU_CHECK_BUDGET_S
+  started = time.monotonic()
   try:
-    tables = []
-    if FLAGS.suite == 'cpu':
-      sizes = CPU_QUICK if FLAGS.quick else CPU_FULL
-      tables.append(
-          ('CPU suite', *cpu_suite(dataset, sizes, Children(log_dir, 3 + 2 * sizes.start_ups))))
-    if FLAGS.suite in ('cpu', 'jobs'):
-      tables.append(('Whole jobs', *jobs_suite(
-          dataset, FLAGS.mnist_idx, JOBS_QUICK if FLAGS.quick else JOBS_FULL, FLAGS.level,
-          FLAGS.max_epochs, Children(log_dir, 3 + 2 * bool(FLAGS.mnist_idx)))))
-    if FLAGS.suite == 'cpu_settings':
-      tables.append(('CPU settings', *cpu_settings_suite(
-          dataset, CPU_SETTINGS_QUICK if FLAGS.quick else CPU_SETTINGS_FULL, Children(log_dir, 1))))
-    if FLAGS.suite == 'gpu':
-      tables.append(
-          ('GPU suite', *gpu_suite(dataset, GPU_QUICK if FLAGS.quick else GPU_FULL,
-                                   Children(log_dir, 1), FLAGS.num_gpus, FLAGS.gpu_precision,
-                                   2 if FLAGS.quick else FLAGS.steps_per_execution, FLAGS.quick)))
-  except ChildFailed as e:
+    suite_tables = run_suite(FLAGS.suite, dataset, log_dir,
+                             started + budget_s if budget_s else None)
+  except (ChildFailed, NoGpu) as e:
     sys.exit(f'error: {e}')
+  name = FLAGS.record_name or ('quick' if FLAGS.quick else 'full')
   text = ''
-  for title, rows, notes, libs in tables:
-    header = [
-        f'{machine["date"]}, {kind}',
-        f'Machine: {machine["cpu"]}, {machine["cores"]} cores; Python {machine["python"]}, '
-        f'TensorFlow {libs["tensorflow"]}, tf_keras {libs["tf_keras"]}',
-        f'Data: {describe_data(dataset)}'
-    ]
-    text += table(title, rows, notes, header) + '\n'
+  for table in suite_tables:
+    record = table_record(table, dataset, machine, FLAGS.quick)
+    if FLAGS.commit:
+      record['commit'] = FLAGS.commit
+    if should_record():
+      path = records.write(table.claim, name + table.name_suffix, record, FLAGS.records_dir)
+      print(f'Record: {path}', file=sys.stderr)
+    text += tables.markdown(record) + '\n'
   print(text)
+  print(f'Took {time.monotonic() - started:.0f} s', file=sys.stderr)
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       f.write(text)
