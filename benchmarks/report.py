@@ -246,46 +246,84 @@ def readme_cost(claims: Claims) -> str:
   return 'What the main job costs: ' + '; '.join(parts) + '.'
 
 
-README_BLOCKS = {'cost': readme_cost, 'results': readme_results}
+def config_measured(adapter: str) -> Callable[[Claims], str]:
+  """What configs/mnist_ADAPTER.cfg measured, for the comment block that opens it."""
+
+  def render(claims: Claims) -> str:
+    lines = []
+    for claim, start in (('mnist_imagenet', 'From ImageNet'), ('mnist_64', 'From a random start'),
+                         ('mnist_32', 'From a random start at --image_size=32')):
+      for group in by_configuration(claims.get(claim, [])):
+        if group[0]['adapter'] == adapter:
+          lines.append(f'{start}: test accuracy {spread([r["test_accuracy"] for r in group])} '
+                       f'({len(group)} seed{"s" * (len(group) > 1)}, {minutes(group)} a run '
+                       f'on {group[0]["machine"]}).')
+    if not claims.get('mnist_imagenet'):
+      lines.append('From ImageNet: not measured yet (a GPU run of bash benchmarks/accuracy.sh).')
+    return '\n'.join(f'# {line}' for line in lines)
+
+  return render
 
 
-def with_block(readme: str, name: str, text: str) -> str:
-  """`readme` with block `name`'s text replaced by `text`."""
+# The files whose blocks this script writes, and each block's renderer.
+RENDERED_BLOCKS = {
+    README_FILE: {
+        'cost': readme_cost,
+        'results': readme_results
+    },
+    **{
+        os.path.join(records.REPO_ROOT, 'configs', f'mnist_{adapter}.cfg'): {
+            'measured': config_measured(adapter)
+        } for adapter in ADAPTER_ORDER
+    },
+}
+
+
+def with_block(text: str, name: str, block: str) -> str:
+  """`text` with block `name`'s lines replaced by `block`. The markers may stand in comments
+  (`# <!-- ... -->` in a flagfile)."""
   begin, end = f'<!-- {name}: rendered by python -m benchmarks.report -->', f'<!-- end of {name} -->'
-  start, stop = readme.find(begin), readme.find(end)
+  start, stop = text.find(begin), text.find(end)
   if start < 0 or stop < start:
-    raise ValueError(f'README.md lacks the markers {begin!r} ... {end!r}')
-  return f'{readme[:start]}{begin}\n{text}\n{readme[stop:]}'
+    raise ValueError(f'it lacks the markers {begin!r} ... {end!r}')
+  end_line_start = text.rfind('\n', 0, stop) + 1
+  return f'{text[:start]}{begin}\n{block}\n{text[end_line_start:]}'
 
 
-def rendered(records_dir: Optional[str] = None) -> Tuple[str, str]:
-  """(RESULTS.md, README.md) as the records give them."""
+def rendered(records_dir: Optional[str] = None) -> Dict[str, str]:
+  """{path: text} of RESULTS.md and of every file with rendered blocks, as the records give
+  them."""
   claims = records.read_all(records_dir or records.RECORDS_DIR)
   decisions = []
   if os.path.exists(DECISIONS_FILE):
     with open(DECISIONS_FILE) as f:
       decisions = json.load(f)
-  with open(README_FILE) as f:
-    readme = f.read()
-  for name, render in README_BLOCKS.items():
-    readme = with_block(readme, name, render(claims))
-  return render_results(claims, decisions), readme
+  texts = {RESULTS_FILE: render_results(claims, decisions)}
+  for path, blocks in RENDERED_BLOCKS.items():
+    with open(path) as f:
+      text = f.read()
+    for name, render in blocks.items():
+      try:
+        text = with_block(text, name, render(claims))
+      except ValueError as e:
+        raise ValueError(f'{path}: {e}') from None
+    texts[path] = text
+  return texts
 
 
-flags.DEFINE_bool('check', False, 'Only compare: exit 1 if RESULTS.md or README.md differs.')
+flags.DEFINE_bool('check', False, 'Only compare: exit 1 if a rendered file differs.')
 
 
 def main(argv: List[str]) -> None:
   del argv
-  results, readme = rendered()
-  targets = ((RESULTS_FILE, results), (README_FILE, readme))
+  texts = rendered()
   if flags.FLAGS.check:
-    stale = [path for path, text in targets if open(path).read() != text]
+    stale = [path for path, text in texts.items() if open(path).read() != text]
     if stale:
       sys.exit(f'error: {", ".join(stale)} differ from the records; run python -m '
                'benchmarks.report')
     return
-  for path, text in targets:
+  for path, text in texts.items():
     with open(path, 'w') as f:
       f.write(text)
     print(f'wrote {path}')

@@ -6,12 +6,10 @@ from benchmarks import report
 FIGURE = re.compile(r'\d[\d,]*(?:\.\d+)?(?:%|x| GiB| MiB| s\b| min\b| h\b)')
 
 
-def test_the_committed_results_page_and_readme_table_are_rendered_from_the_records():
-  results, readme = report.rendered()
-  with open(report.RESULTS_FILE) as f:
-    assert f.read() == results, 'RESULTS.md is stale: run python -m benchmarks.report'
-  with open(report.README_FILE) as f:
-    assert f.read() == readme, 'README.md\'s results are stale: run python -m benchmarks.report'
+def test_the_committed_results_page_readme_and_configs_are_rendered_from_the_records():
+  for path, text in report.rendered().items():
+    with open(path) as f:
+      assert f.read() == text, f'{path} is stale: run python -m benchmarks.report'
 
 
 def test_every_figure_in_the_readme_is_on_the_results_page():
