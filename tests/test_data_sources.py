@@ -6,6 +6,7 @@ for the two other pairs. Synthetic data trains in tests/test_train_modes.py.
 """
 
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -39,25 +40,33 @@ def test_no_data_and_no_network_ends_in_seconds_naming_both_fixes(tmp_path):
   assert seconds < 60, seconds
 
 
-def test_download_threads_still_starting_after_a_failure_fail_fast_too(
-    tmp_path, monkeypatch, request):
+def test_a_failed_download_fails_fast_in_every_thread_and_leaves_the_process_as_it_was(tmp_path):
   """tfds downloads each file in a thread of its own; after the first failure ends the
   download, threads that only start then must not retry for minutes behind the error line
-  (seen on a loaded machine: 10 retries, 200 s, the error line no longer the last)."""
-  # Restored after the test, whatever the download left.
-  monkeypatch.setattr(downloader, 'MAX_RETRIES', downloader.MAX_RETRIES)
-  timeout = socket.getdefaulttimeout()
-  request.addfinalizer(lambda: socket.setdefaulttimeout(timeout))
+  (seen on a loaded machine: 10 retries, 200 s, the error line no longer the last). And the
+  process must not stay patched: later downloads keep tfds's retries and no socket timeout."""
+  retries, timeout = downloader.MAX_RETRIES, socket.getdefaulttimeout()
   builder = tfds.builder('mnist', data_dir=str(tmp_path))
+  seen = []
 
-  # The failure without real download threads, which would outlive this test.
+  def download():
+    time.sleep(0.2)  # still running as the failure is handled
+    seen.append((downloader.MAX_RETRIES, socket.getdefaulttimeout()))
+
+  # A failure with tfds's download pool busy and more downloads queued behind it.
   def fail(**kwargs):
+    pool = downloader.get_downloader(max_simultaneous_downloads=None)._executor
+    for _ in range(pool._max_workers + 5):
+      pool.submit(download)
     raise tfds.download.DownloadError('network disabled by the test')
 
-  monkeypatch.setattr(builder, 'download_and_prepare', fail)
+  builder.download_and_prepare = fail
   with pytest.raises(UserError, match="could not download 'mnist'"):
     data.download_and_prepare(builder)
-  assert downloader.MAX_RETRIES == 0
+  assert seen and set(seen) == {(0, 60)}  # every download that ran failed fast
+  assert (downloader.MAX_RETRIES, socket.getdefaulttimeout()) == (retries, timeout)
+  time.sleep(0.5)
+  assert set(seen) == {(0, 60)}  # and none ran late, with the retries back
 
 
 def test_a_dataset_that_is_not_image_classification_is_refused_before_any_download(

@@ -23,13 +23,13 @@ NUM_LOGGED_IMAGES = 8
 
 def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backbone_trainable: bool,
                        steps_per_epoch: int, best_so_far: Optional[float],
-                       train_split: tf.data.Dataset) -> List[keras.callbacks.Callback]:
+                       splits: data.Splits) -> List[keras.callbacks.Callback]:
   """`out_dir` is the run folder on the chief, a throwaway folder on other workers;
-  `train_split`, unbatched, feeds the BatchNorm recalibration."""
+  the training split of `splits` feeds the BatchNorm recalibration."""
   recalibration = min(config.recalibrate_batchnorm, steps_per_epoch)
   # Batched only when recalibration is on: the stream holds its own copy of the split.
   recalibrate = [
-      RecalibrateBatchNorm(data.training_batches(train_split, config.batch_size, seed=config.seed),
+      RecalibrateBatchNorm(splits.training_batches(config.batch_size, seed=config.seed),
                            recalibration)
   ] if recalibration else []
   unaugmented_epochs = unaugmented_epoch_count(config)
@@ -205,7 +205,8 @@ def log_hparams(log_dir: str, config: TrainConfig, metrics: dict, precision: str
   """The run's settings and test metrics for the HParams dashboard, so runs compare side by side."""
   settings = {
       **dataclasses.asdict(config),
-      **dataclasses.asdict(config.model), 'precision': precision,
+      **dataclasses.asdict(config.model),
+      **dataclasses.asdict(config.source), 'precision': precision,
       'replicas': replicas
   }
   # HParams takes only bool, int, float and str values; the paths say nothing about the result.

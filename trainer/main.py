@@ -88,8 +88,13 @@ def run(splits_override: Optional[data.Splits] = None,
       runs.check_resumable(config)
     # Before the data: missing weights should fail in seconds, not after a dataset download.
     start_weights = weights.resolve(config.weights)
-    splits = splits_override or data.load_splits(config.dataset, config.data_dir,
-                                                 config.validation_split, config.download)
+    splits = splits_override or data.load_splits(config.dataset,
+                                                 config.data_dir,
+                                                 config.validation_split,
+                                                 config.download,
+                                                 image_size=config.model.image_size,
+                                                 source=config.source,
+                                                 memory_budget_mb=config.memory_budget_mb)
     if chief:
       # Only now, with every check passed: a failed start leaves no config that would refuse
       # the corrected command.
