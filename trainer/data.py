@@ -151,7 +151,7 @@ def _over_budget(name: str, num_examples: int, info: DatasetInfo, budget: int) -
   """Whether split `name` streams; logs the choice."""
   size = num_examples * info.image_shape[0] * info.image_shape[1] * info.image_shape[2]
   streamed = size > budget
-  logging.info('%s split: %d images, %.1f MiB as uint8, %s the %.1f MiB memory budget: %s', name,
+  logging.info('%s split: %d images, %.3g MiB as uint8, %s the %.3g MiB memory budget: %s', name,
                num_examples, size / 2**20, 'over' if streamed else 'within', budget / 2**20,
                'streamed from its files' if streamed else 'held in memory')
   return streamed

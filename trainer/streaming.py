@@ -14,8 +14,8 @@ keep that promise as far as their files allow:
                   2. CYCLE shards at a time, one record from each in turn (a deterministic
                      interleave),
                   3. through a shuffle buffer of about SHUFFLE_BUFFER_BYTES of records,
-                     seeded with (seed, p) and TensorFlow's global seed (train sets it from
-                     --seed before it builds the stream).
+                     filled and emptied a window at a time, each window permuted with
+                     (seed, p, window).
                 Pass p is thus a pure function of (seed, p), and example n is element
                 n % size of pass n // size. A run resumed at step k rebuilds that pass and
                 skips its first n % size records (read, not decoded). Runs resume at epoch
@@ -43,11 +43,10 @@ import tensorflow as tf
 
 # Shards read at once: enough to mix classes that a dataset's writer kept together.
 CYCLE = 16
-# Bounds each worker's memory whatever the split's size; a fixed size (not a share of the
-# budget or of the RAM) keeps the stream the same on a machine of another size.
-SHUFFLE_BUFFER_BYTES = 64 << 20
-# One shuffle seed per pass: (seed, pass) folded into one int64.
-PASSES_PER_SEED = 1 << 32
+# Bounds each worker's memory (a window filling while the one before empties) whatever the
+# split's size; a fixed size, not a share of the budget or of the RAM, keeps the stream the
+# same on a machine of another size.
+SHUFFLE_BUFFER_BYTES = 32 << 20
 
 
 def permuted_index(n: tf.Tensor, size: int, seed: int) -> tf.Tensor:
@@ -144,8 +143,8 @@ def _passes(shards: Sequence[Shard], seed: int, first: int, buffer: int) -> tf.d
   takes = tf.constant([shard.take for shard in shards], tf.int64)
 
   def one_pass(p):
-    order = tf.random.experimental.index_shuffle(tf.range(len(shards), dtype=tf.int64),
-                                                 tf.stack([tf.constant(seed, tf.int64), p]),
+    pass_seed = tf.stack([tf.constant(seed, tf.int64), p])
+    order = tf.random.experimental.index_shuffle(tf.range(len(shards), dtype=tf.int64), pass_seed,
                                                  tf.constant(len(shards) - 1, tf.int64))
     files = tf.data.Dataset.from_tensor_slices(
         (tf.gather(paths, order), tf.gather(skips, order), tf.gather(takes, order)))
@@ -155,6 +154,24 @@ def _passes(shards: Sequence[Shard], seed: int, first: int, buffer: int) -> tf.d
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)
-    return records.shuffle(buffer, seed=seed * PASSES_PER_SEED + p)
+    return _shuffle_in_windows(records, buffer, pass_seed)
 
   return tf.data.Dataset.range(first // size, tf.int64.max).flat_map(one_pass).skip(first % size)
+
+
+def _shuffle_in_windows(records: tf.data.Dataset, window: int, seed: tf.Tensor) -> tf.data.Dataset:
+  """A shuffle buffer of `window` records, filled and emptied a window at a time: each window
+  comes out in a permutation of (seed, its index).
+
+  Stateless, unlike tf.data's shuffle, whose seed mixes with TensorFlow's global seed (and
+  fails to trace for a seed computed in the graph under a global seed of 0, --seed's
+  default).
+  """
+
+  def permuted(index, window_records):
+    count = tf.shape(window_records, out_type=tf.int64)[0]
+    order = tf.random.experimental.index_shuffle(
+        tf.range(count), tf.random.experimental.stateless_fold_in(seed, index), count - 1)
+    return tf.data.Dataset.from_tensor_slices(tf.gather(window_records, order))
+
+  return records.batch(window).enumerate().flat_map(permuted)
