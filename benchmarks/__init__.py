@@ -7,7 +7,7 @@
   python -m benchmarks.run --suite=gpu            # img/s per GPU: precision, GPUs, XLA, steps/call
   python -m benchmarks.recipe_vs_script           # the recipe against a plain script, equal budget
   python -m benchmarks.recalibration RUN_DIR...   # BatchNorm recalibration on finished runs
-  bash benchmarks/accuracy.sh                     # the article's two configurations, to the end
+  bash benchmarks/accuracy.sh                     # the article's two configurations from ImageNet, recorded
 
 run.py        the command line, the suites and the markdown table (imports no TensorFlow)
 cases.py      the measurements, each run in a child process of its own
@@ -17,6 +17,7 @@ recipe_vs_script.py  trainer.main's recipe against a plain tf_keras script on re
 recalibration.py  finished runs' validation accuracy before and after BatchNorm recalibration
 bare_step.py  a bare script that builds the same model and takes one step (start-up reference)
 measure.py    child processes, peak memory, step timers' arithmetic, the machine's description
-accuracy.sh   trains configs/mnist_rgb.cfg and configs/mnist_conv.cfg to the end;
-accuracy.py   its table of test accuracy and epochs next to the article's
+accuracy.py   trains a run of trainer.main to its end and records it; accuracy.sh runs it on
+              configs/mnist_rgb.cfg and configs/mnist_conv.cfg
+records.py    the records (benchmarks/records/CLAIM/NAME.json) every published figure comes from
 """
