@@ -2,9 +2,11 @@
 import re
 
 import pytest
+from PIL import Image
 
 import helpers
-from benchmarks import recalibration
+from benchmarks import own_images, recalibration
+from trainer import folder
 
 
 @pytest.mark.slow
@@ -41,3 +43,27 @@ def test_jobs_suite_measures_memory_and_time_to_accuracy_on_both_sides(tmp_path)
 def test_recalibration_evaluates_a_finished_run_as_saved_and_recalibrated(tiny_run, mock_mnist):
   accuracies = recalibration.validation_accuracies(tiny_run, [1, 2])
   assert len(accuracies) == 3 and all(0 <= accuracy <= 1 for accuracy in accuracies)
+
+
+def test_own_images_writes_digits_as_class_folders_of_mixed_files(tmp_path):
+  images, labels = helpers.small_digits(40, seed=0)
+  arrays = {
+      'train': (images[:30, ..., None], labels[:30]),
+      'test': (images[30:, ..., None], labels[30:])
+  }
+  names = own_images.class_names('mnist')
+  assert own_images.write_class_folders(arrays, str(tmp_path / 'digits'), names) == 40
+  paths = sorted(str(p) for p in (tmp_path / 'digits').rglob('*.*'))
+  assert len(paths) == 40
+  sides, modes, formats = set(), set(), set()
+  for path in paths:
+    with Image.open(path) as image:
+      assert image.width == image.height and own_images.SIDES[0] <= image.width <= own_images.SIDES[
+          1]
+      sides.add(image.width)
+      modes.add(image.mode)
+      formats.add(image.format)
+  assert len(sides) > 10 and modes == {'L', 'RGB'} and formats == {'PNG', 'JPEG'}
+  class_names, splits = folder.list_splits(str(tmp_path / 'digits'), 0.2, 0.1)
+  assert set(class_names) == {str(label) for label in labels[:30]}
+  assert len(splits['test'].paths) == 10

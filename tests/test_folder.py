@@ -1,6 +1,7 @@
 """--dataset=folder:DIR: class folders of images of any size, format and mode, checked before
 training, trained on and evaluated with the folder names as the classes."""
 import collections
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from helpers import (
     write_image_folder,
 )
 from trainer import data, evaluate, folder, runs, train
-from trainer.config import SourceConfig
+from trainer.config import SourceConfig, TrainConfig
 from trainer.errors import UserError
 from trainer.keras_lib import keras
 from trainer.model import BACKBONE, BACKBONE_INPUT
@@ -151,6 +152,19 @@ def test_a_command_given_unreadable_files_ends_in_one_line_naming_them(tmp_path)
   line = error_line(result)
   assert '3 of the 23 image files' in line and bad[0] in line and '--skip_unreadable' in line
   assert not os.path.exists(tmp_path / 'run' / runs.CONFIG_FILE)
+
+
+def test_the_memory_budget_may_change_on_resume_but_not_how_images_are_stored(tmp_path):
+  config = TrainConfig(run_dir=str(tmp_path), dataset=f'folder:{tmp_path}')
+  runs.record_config(config, flags_text='')
+  runs.check_resumable(dataclasses.replace(config, memory_budget_mb=5))  # no error
+  with pytest.raises(UserError, match=r'other settings \(source\)'):
+    runs.check_resumable(dataclasses.replace(config, source=SourceConfig(channels='1')))
+  # A run recorded before these settings existed loads with their defaults.
+  recorded = json.loads((tmp_path / runs.CONFIG_FILE).read_text())
+  del recorded['source'], recorded['memory_budget_mb']
+  (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(recorded))
+  assert runs.load_config(str(tmp_path)) == config
 
 
 # ---- Through training: the folder names are the classes of the run and its report.

@@ -38,8 +38,9 @@ def setting(default: Any,
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  image_size: int = setting(64,
-                            'Side the images are resized to inside the model.',
+  image_size: int = setting(64, 'Side the images are resized to inside the model. Images of '
+                            'varying size (folders, tf_flowers) are stored at this side on the '
+                            'host already.',
                             lower=MIN_IMAGE_SIZE)
   adapter: str = setting('rgb', 'rgb: copy gray to three channels; conv: a learned '
                          'Conv2D(3)+BatchNorm+ReLU stem.',

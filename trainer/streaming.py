@@ -43,10 +43,10 @@ import tensorflow as tf
 
 # Shards read at once: enough to mix classes that a dataset's writer kept together.
 CYCLE = 16
-# Bounds each worker's memory (a window filling while the one before empties) whatever the
-# split's size; a fixed size, not a share of the budget or of the RAM, keeps the stream the
-# same on a machine of another size.
-SHUFFLE_BUFFER_BYTES = 32 << 20
+# Bounds each worker's memory (three windows at most: one emptying, one ready, one filling)
+# whatever the split's size; a fixed size, not a share of the budget or of the RAM, keeps
+# the stream the same on a machine of another size.
+SHUFFLE_BUFFER_BYTES = 16 << 20
 
 
 def permuted_index(n: tf.Tensor, size: int, seed: int) -> tf.Tensor:
@@ -174,4 +174,5 @@ def _shuffle_in_windows(records: tf.data.Dataset, window: int, seed: tf.Tensor) 
         tf.range(count), tf.random.experimental.stateless_fold_in(seed, index), count - 1)
     return tf.data.Dataset.from_tensor_slices(tf.gather(window_records, order))
 
-  return records.batch(window).enumerate().flat_map(permuted)
+  # The next window is read while this one empties, or training would wait for it.
+  return records.batch(window).prefetch(1).enumerate().flat_map(permuted)
