@@ -57,6 +57,16 @@ def test_mixed_sizes_formats_and_modes_become_one_stored_shape_in_three_splits(t
   assert labels.dtype == tf.int64
 
 
+def test_hidden_folders_and_other_files_are_not_classes_or_images(tmp_path):
+  write_image_folder(tmp_path / 'pets', ('cat', 'dog'), per_class=10)
+  write_image_folder(tmp_path / 'pets' / '.ipynb_checkpoints', ('cat',), per_class=2)
+  write_file(tmp_path / 'pets' / 'cat' / 'notes.txt', b'not an image')
+  write_file(tmp_path / 'pets' / 'cat' / '.hidden.png', b'')
+  class_names, splits = folder.list_splits(str(tmp_path / 'pets'), 0.2, 0.1)
+  assert class_names == ('cat', 'dog')
+  assert sum(len(split.paths) for split in splits.values()) == 20
+
+
 def test_channels_follow_most_of_the_images_unless_given(tmp_path):
   write_image_folder(tmp_path / 'digits', per_class=8, kinds=GRAY_KINDS)
   assert load(tmp_path / 'digits').info.image_shape == (32, 32, 1)

@@ -7,8 +7,8 @@ ImageFolder read:
   DIR/CLASS/...         one pool: the test split is carved out of it (--test_fraction)
 
 Images are found by extension (.jpg .jpeg .png .bmp .gif .webp, in any case) anywhere under a
-class folder; other files are ignored. The class names are the folder names, sorted; a
-label is the index of its class.
+class folder; other files, and hidden files and folders, are ignored. The class names are
+the folder names, sorted; a label is the index of its class.
 
 A split the folder lacks is carved from each class of the training files: the files of a
 class are ordered by a hash of their path inside the class folder, the first
@@ -111,10 +111,11 @@ def list_splits(directory: str, validation_split: float,
 
 
 def _subfolders(directory):
+  """Its folders but hidden ones (.ipynb_checkpoints, .git): no class or split is hidden."""
   return sorted(
       name.rstrip('/')
       for name in tf.io.gfile.listdir(directory)
-      if tf.io.gfile.isdir(os.path.join(directory, name)))
+      if not name.startswith('.') and tf.io.gfile.isdir(os.path.join(directory, name)))
 
 
 def _class_files(directory: str) -> Dict[str, List[str]]:
