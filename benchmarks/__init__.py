@@ -7,6 +7,7 @@
   python -m benchmarks.run --suite=gpu            # img/s per GPU: precision, GPUs, XLA, steps/call
   python -m benchmarks.recipe_vs_script           # the recipe against a plain script, equal budget
   python -m benchmarks.recalibration RUN_DIR...   # BatchNorm recalibration on finished runs
+  python -m benchmarks.own_images --work_dir=DIR   # folders of real digits against IDX; streaming
   bash benchmarks/accuracy.sh                     # the article's two configurations from ImageNet, recorded
 
 run.py        the command line, the suites and the markdown table (imports no TensorFlow)
@@ -15,6 +16,8 @@ baseline.py   the article's approach: OpenCV resize to 64x64 RGB float32 in host
               `fit` on the arrays; its model (Flatten head, Adam) and ImageDataGenerator
 recipe_vs_script.py  trainer.main's recipe against a plain tf_keras script on real digits
 recalibration.py  finished runs' validation accuracy before and after BatchNorm recalibration
+own_images.py  MNIST and Fashion-MNIST as folders of image files against their IDX files;
+              training speed and host memory streamed against in memory
 bare_step.py  a bare script that builds the same model and takes one step (start-up reference)
 measure.py    child processes, peak memory, step timers' arithmetic, the machine's description
 accuracy.py   trains a run of trainer.main to its end and records it; accuracy.sh runs it on
