@@ -9,6 +9,7 @@
                                                   # model runs, 2 epochs of MNIST, in 8 minutes
   python -m benchmarks.recipe_vs_script           # the recipe against a plain script, equal budget
   python -m benchmarks.recalibration RUN_DIR...   # BatchNorm recalibration on finished runs
+  python -m benchmarks.own_images --work_dir=DIR   # folders of real digits against IDX; streaming
   bash benchmarks/accuracy.sh                     # the article's two configurations from ImageNet, recorded
 
 run.py        the command line and the suites; a full run records each table (imports no
@@ -21,6 +22,8 @@ baseline.py   the article's approach: OpenCV resize to 64x64 RGB float32 in host
               `fit` on the arrays; its model (Flatten head, Adam) and ImageDataGenerator
 recipe_vs_script.py  trainer.main's recipe against a plain tf_keras script on real digits
 recalibration.py  finished runs' validation accuracy before and after BatchNorm recalibration
+own_images.py  MNIST and Fashion-MNIST as folders of image files against their IDX files;
+              training speed and host memory streamed against in memory
 bare_step.py  a bare script that builds the same model and takes one step (start-up reference)
 measure.py    child processes and their runner (time budget, elapsed times), peak memory, step
               timers' arithmetic, the machine's description

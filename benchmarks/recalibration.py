@@ -25,9 +25,14 @@ def validation_accuracies(run_dir: str, batch_counts: Sequence[int]) -> List[flo
   """As saved, then recalibrated over each of `batch_counts` training batches."""
   config = runs.load_config(run_dir)
   model = runs.load_best_model(run_dir)
-  splits = data.load_splits(config.dataset, config.data_dir, config.validation_split,
-                            config.download)
-  validation = data.evaluation_batches(splits.validation, config.batch_size)
+  splits = data.load_splits(config.dataset,
+                            config.data_dir,
+                            config.validation_split,
+                            config.download,
+                            image_size=config.model.image_size,
+                            source=config.source,
+                            memory_budget_mb=config.memory_budget_mb)
+  validation = splits.evaluation_batches('validation', config.batch_size)
 
   def accuracy():
     return evaluate.evaluate(model, validation, splits.info.num_classes).accuracy
@@ -36,7 +41,7 @@ def validation_accuracies(run_dir: str, batch_counts: Sequence[int]) -> List[flo
   for count in batch_counts:
     runs.restore(model, runs.path(run_dir, runs.BEST_CHECKPOINT))
     recalibration = callbacks.RecalibrateBatchNorm(
-        data.training_batches(splits.train, config.batch_size, seed=config.seed), count)
+        splits.training_batches(config.batch_size, seed=config.seed), count)
     recalibration.set_model(model)
     recalibration.on_test_begin()
     accuracies.append(accuracy())

@@ -209,3 +209,44 @@ def encode(image, file_format='PNG', **options):
   out = io.BytesIO()
   image.save(out, file_format, **options)
   return out.getvalue()
+
+
+# ---- Folders of images (--dataset=folder:DIR)
+
+# (extension, Pillow mode) in turn: every format and mode the trainer reads; mostly colour.
+IMAGE_KINDS = [('png', 'L'), ('jpg', 'RGB'), ('png', 'RGBA'), ('bmp', 'RGB'), ('gif', 'P'),
+               ('webp', 'RGB'), ('png', 'I;16'), ('png', 'P'), ('jpeg', 'RGB'), ('PNG', 'LA')]
+
+
+def write_image_folder(root,
+                       class_names=('cat', 'dog', 'eel'),
+                       per_class=10,
+                       seed=0,
+                       kinds=IMAGE_KINDS):
+  """Class folders of generated images of 20-120 pixels a side, their format and mode taken
+  in turn from `kinds`; each class has its own brightness. Returns the paths, sorted."""
+  rng = np.random.default_rng(seed)
+  paths = []
+  for label, name in enumerate(class_names):
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    for i in range(per_class):
+      extension, mode = kinds[(i + label) % len(kinds)]
+      height, width = rng.integers(20, 121, 2)
+      level = 40 + 80 * label % 200
+      pixels = np.clip(rng.normal(level, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+      image = Image.fromarray(pixels)
+      if mode == 'I;16':
+        image = Image.fromarray(pixels[..., 0].astype(np.uint16) * 257)
+      else:
+        image = image.convert(mode)
+      path = os.path.join(root, name, f'{i:03d}.{extension}')
+      image.save(path)
+      paths.append(path)
+  return sorted(paths)
+
+
+def write_file(path, contents):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'wb') as f:
+    f.write(contents)
+  return str(path)

@@ -10,9 +10,11 @@ import time
 
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import helpers
-from benchmarks import cases, measure, recalibration, tables
+from benchmarks import cases, measure, own_images, recalibration, tables
+from trainer import folder
 
 
 @pytest.mark.slow
@@ -177,3 +179,27 @@ def test_the_gpu_check_runs_on_a_cpu_and_records_its_tables(tmp_path):
   assert len(check['elapsed_s']) == 4 and all(s > 0 for s in check['elapsed_s'].values())
   assert len(re.findall(r'^\[\d/\d\] .*: \d+ s$', result.stderr, re.MULTILINE)) == 4
   assert (out / 'child_logs.txt').read_text().count('==== ') == 4
+
+
+def test_own_images_writes_digits_as_class_folders_of_mixed_files(tmp_path):
+  images, labels = helpers.small_digits(40, seed=0)
+  arrays = {
+      'train': (images[:30, ..., None], labels[:30]),
+      'test': (images[30:, ..., None], labels[30:])
+  }
+  names = own_images.class_names('mnist')
+  assert own_images.write_class_folders(arrays, str(tmp_path / 'digits'), names) == 40
+  paths = sorted(str(p) for p in (tmp_path / 'digits').rglob('*.*'))
+  assert len(paths) == 40
+  sides, modes, formats = set(), set(), set()
+  for path in paths:
+    with Image.open(path) as image:
+      assert image.width == image.height and own_images.SIDES[0] <= image.width <= own_images.SIDES[
+          1]
+      sides.add(image.width)
+      modes.add(image.mode)
+      formats.add(image.format)
+  assert len(sides) > 10 and modes == {'L', 'RGB'} and formats == {'PNG', 'JPEG'}
+  class_names, splits = folder.list_splits(str(tmp_path / 'digits'), 0.2, 0.1)
+  assert set(class_names) == {str(label) for label in labels[:30]}
+  assert len(splits['test'].paths) == 10

@@ -12,8 +12,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from helpers import MOCK_EXAMPLES
-from trainer import callbacks, distribution, evaluate, runs
-from trainer.config import TrainConfig
+from trainer import callbacks, data, distribution, evaluate, runs
+from trainer.config import DatasetInfo, TrainConfig
 from trainer.keras_lib import keras
 
 
@@ -148,7 +148,8 @@ def test_profile_steps_write_a_profile_for_the_profile_tab(tmp_path):
                 'sparse_categorical_crossentropy',
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name='accuracy')])
   features, labels = np.zeros((16, 4)), np.zeros(16)
-  train_split = tf.data.Dataset.from_tensor_slices((features, labels))
+  split = tf.data.Dataset.from_tensor_slices((features, labels))
+  splits = data.Splits(split, split, split, DatasetInfo((1, 1, 4), 2, ("a", "b")))
   log_dir = str(tmp_path / 'logs')
   model.fit(features,
             labels,
@@ -161,7 +162,7 @@ def test_profile_steps_write_a_profile_for_the_profile_tab(tmp_path):
                                                    True,
                                                    keras.optimizers.schedules.CosineDecay(1e-3, 4),
                                                    steps_per_epoch=4,
-                                                   train_split=train_split,
+                                                   splits=splits,
                                                    settings_text=''))
   profiles = [
       name for _, _, names in os.walk(log_dir) for name in names if name.endswith('.xplane.pb')

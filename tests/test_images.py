@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from helpers import draw_seven, encode
 from trainer import export, images
+from trainer.keras_lib import keras
 
 MNIST_SHAPE = (28, 28, 1)
 RGB_SHAPE = (32, 32, 3)  # a colour model's input: no autocontrast hides a wrong scale
@@ -171,3 +172,64 @@ def test_only_an_image_brighter_at_its_border_than_its_centre_is_inverted():
 def test_bytes_of_no_image_format_fail_in_the_graph():
   with pytest.raises(tf.errors.InvalidArgumentError):
     as_served(b'not an image')
+
+
+# ---- Folders and varying-size datasets: every format and mode to one stored shape
+
+
+def random_rgb(height, width, seed=0):
+  return Image.fromarray(
+      np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def stored(data, channels=3, size=32, aspect='crop'):
+  return images.decode_image(tf.constant(data), size, size, channels, aspect=aspect).numpy()
+
+
+# (format, Pillow mode, channels the folder's vote counts: gray 1, colour 3)
+FORMATS = [('JPEG', 'RGB', 3), ('JPEG', 'L', 1), ('PNG', 'RGB', 3), ('PNG', 'L', 1),
+           ('PNG', 'LA', 1), ('PNG', 'RGBA', 3), ('PNG', 'P', 3), ('BMP', 'RGB', 3),
+           ('GIF', 'P', 3), ('WEBP', 'RGB', 3)]
+
+
+@pytest.mark.parametrize('file_format, mode, channels', FORMATS)
+def test_each_format_and_mode_decodes_to_the_stored_shape(file_format, mode, channels):
+  data = encode(random_rgb(20, 30).convert(mode), file_format)
+  assert int(images.channel_count(tf.constant(data))) == channels
+  for wanted in (1, 3):
+    image = stored(data, wanted, size=40)
+    assert image.shape == (40, 40, wanted) and image.dtype == np.uint8
+
+
+def test_a_gif_is_read_at_its_first_frame():
+  frames = [Image.new('RGB', (10, 10), (level, level, level)) for level in (20, 220)]
+  data = encode(frames[0], 'GIF', save_all=True, append_images=frames[1:])
+  assert abs(int(stored(data, 1, size=10).mean()) - 20) <= 1
+
+
+def test_crop_keeps_the_centred_window_as_keras_crop_to_aspect_ratio_does():
+  pixels = np.random.default_rng(1).integers(0, 256, (30, 50, 3)).astype(np.uint8)
+  ours = stored(encode(Image.fromarray(pixels)), 3, 32, 'crop')
+  keras_crop = keras.preprocessing.image.smart_resize(pixels.astype(np.float32), (32, 32),
+                                                      interpolation='bicubic')
+  assert np.abs(ours - np.clip(np.round(keras_crop), 0, 255)).mean() < 0.01
+  # Shrinking: the window is the middle 30x30 of the 50 columns.
+  wide = np.zeros((30, 50), np.uint8)
+  wide[:, 10:40] = 255
+  assert stored(encode(Image.fromarray(wide)), 1, 30, 'crop').min() == 255
+
+
+def test_pad_keeps_the_whole_image_centred_on_its_border_colour():
+  wide = np.full((30, 60), 40, np.uint8)
+  wide[:, 20:40] = 200
+  padded = stored(encode(Image.fromarray(wide)), 1, 30, 'pad')[..., 0]
+  assert (padded[:6] == 40).all() and (padded[-6:] == 40).all()  # bars of the border's colour
+  assert abs(int(padded[15, 15]) - 200) <= 1
+
+
+def test_a_model_trained_on_files_is_served_files_as_it_was_trained_on_them(sevens):
+  # dataset.json's aspect says the trainer fitted the files itself: no inversion, no stretch.
+  data = tf.constant(sevens['dark_on_light.png'])
+  served = export.to_dataset_format(data, MNIST_SHAPE, 'crop').numpy()
+  np.testing.assert_array_equal(served, images.decode_image(data, 28, 28, 1, aspect='crop'))
+  assert served[0, 0, 0] > 200  # the paper stays light

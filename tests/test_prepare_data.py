@@ -17,9 +17,12 @@ from helpers import (
     run_offline,
     small_digits,
     train_with_flags,
+    write_file,
     write_idx_dir,
+    write_image_folder,
 )
 from trainer import data, prepare_data
+from trainer.config import SourceConfig
 from trainer.errors import UserError
 
 
@@ -136,3 +139,54 @@ def test_nodownload_is_honoured(tmp_path):
                           f'--data_dir={tmp_path}')
   line = error_line(result)
   assert 'is not prepared' in line and 'could not download' not in line, line
+
+
+# ---- A folder of images, prepared once as a tfds dataset.
+
+
+def image_sums(ds):
+  return sorted(int(image.sum()) for image, _ in ds.as_numpy_iterator())
+
+
+def test_a_folder_is_prepared_as_a_fixed_size_tfds_dataset_with_its_splits_and_classes(tmp_path):
+  write_image_folder(tmp_path / 'My Pets', ('cat', 'dog'), per_class=10)
+  data_dir = str(tmp_path / 'tfds')
+  name, path = prepare_data.prepare_folder(str(tmp_path / 'My Pets'), data_dir, 32, 0.2,
+                                           SourceConfig())
+  assert name == 'my_pets' and path == os.path.join(data_dir, 'my_pets', '1.0.0')
+  prepared = data.load_splits(name, data_dir, 0.2, download=False)
+  direct = data.load_splits(f'folder:{tmp_path / "My Pets"}', None, 0.2, image_size=32)
+  assert prepared.info == direct.info
+  assert prepared.info.image_shape == (32, 32, 3) and prepared.info.class_names == ('cat', 'dog')
+  for split in data.SPLITS:  # the same images in each split, stored losslessly
+    assert image_sums(getattr(prepared, split)) == image_sums(getattr(direct, split))
+  # Kept as it is when prepared again; refused at another shape.
+  written = os.path.getmtime(os.path.join(path, 'dataset_info.json'))
+  assert prepare_data.prepare_folder(str(tmp_path / 'My Pets'), data_dir, 32, 0.2,
+                                     SourceConfig()) == (name, path)
+  assert os.path.getmtime(os.path.join(path, 'dataset_info.json')) == written
+  with pytest.raises(UserError, match='prepared otherwise .* delete it'):
+    prepare_data.prepare_folder(str(tmp_path / 'My Pets'), data_dir, 48, 0.2, SourceConfig())
+
+
+def test_a_folder_named_as_a_tfds_dataset_gets_a_name_of_its_own():
+  assert prepare_data.folder_dataset_name('/data/mnist/') == 'mnist_folder'
+  assert prepare_data.folder_dataset_name('/data/2024 Photos!') == 'folder_2024_photos'
+
+
+@pytest.mark.slow
+def test_the_command_prepares_a_folder_and_prints_how_to_train_on_it(tmp_path):
+  write_image_folder(tmp_path / 'flowers', ('rose', 'tulip'), per_class=6)
+  write_file(tmp_path / 'flowers' / 'rose' / 'broken.jpg', b'')
+  data_dir = tmp_path / 'tfds'
+  result, _ = run_offline('trainer.prepare_data', f'--dataset=folder:{tmp_path / "flowers"}',
+                          '--image_size=40', '--channels=1', '--skip_unreadable',
+                          f'--data_dir={data_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Prepared folder:{tmp_path / "flowers"} as flowers in {data_dir}/flowers/1.0.0' in \
+      result.stdout
+  assert (f'python -m trainer.main --dataset=flowers --data_dir={data_dir} --image_size=40 '
+          '--nodownload') in result.stdout
+  assert '1 of the 13 image files' in result.stderr
+  prepared = data.load_splits('flowers', str(data_dir), 0.2, download=False)
+  assert prepared.info.image_shape == (40, 40, 1)

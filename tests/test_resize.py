@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import export
+from trainer.config import DatasetInfo
 from trainer.keras_lib import keras
 from trainer.resize import INTERPOLATIONS, MatmulResize, interpolation_matrix
 
@@ -106,7 +107,8 @@ def test_a_uint8_model_compiles_under_xla_whole(digits):
 def test_exported_savedmodel_serves_uint8_and_a_saved_model_loads(tmp_path, digits):
   model = uint8_digit_classifier()
   expected = model(digits, training=False).numpy()
-  export_dir = export.export_model(model, str(tmp_path / 'export'), [str(i) for i in range(10)])
+  export_dir = export.export_model(model, str(tmp_path / 'export'),
+                                   DatasetInfo((28, 28, 1), 10, tuple(str(i) for i in range(10))))
 
   serve = tf.saved_model.load(export_dir).signatures[export.UINT8_SIGNATURE]
   spec = serve.structured_input_signature[1][export.IMAGES]

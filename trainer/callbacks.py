@@ -23,15 +23,15 @@ NUM_LOGGED_IMAGES = 8
 
 def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backbone_trainable: bool,
                        schedule: keras.optimizers.schedules.LearningRateSchedule,
-                       steps_per_epoch: int, train_split: tf.data.Dataset,
+                       steps_per_epoch: int, splits: data.Splits,
                        settings_text: str) -> List[keras.callbacks.Callback]:
   """Those of one stage. `out_dir` is the run folder on the chief, a throwaway folder on
-  other workers; `train_split`, unbatched, feeds the BatchNorm recalibration;
+  other workers; the training split of `splits` feeds the BatchNorm recalibration;
   `settings_text` is what flags.cfg records."""
   recalibration = min(config.recalibrate_batchnorm, steps_per_epoch)
   # Batched only when recalibration is on: the stream holds its own copy of the split.
   recalibrate = [
-      RecalibrateBatchNorm(data.training_batches(train_split, config.batch_size, seed=config.seed),
+      RecalibrateBatchNorm(splits.training_batches(config.batch_size, seed=config.seed),
                            recalibration)
   ] if recalibration else []
   unaugmented_epochs = unaugmented_epoch_count(config)
@@ -264,6 +264,7 @@ def log_hparams(log_dir: str, config: TrainConfig, precision: str, replicas: int
   settings = {
       **dataclasses.asdict(config),
       **dataclasses.asdict(config.model),
+      **dataclasses.asdict(config.source),
       'precision': precision,
       'replicas': replicas,
       # --learning_rate is per 256 examples; this is the peak the optimizer reaches.

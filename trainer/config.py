@@ -15,6 +15,8 @@ INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
 TRAIN_MODES = ('finetune', 'transfer', 'two_stage')
 PRECISIONS = ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')
 TFLITE_CHOICES = ('none', 'float32', 'dynamic_range')
+CHANNELS = ('auto', '1', '3')
+ASPECTS = ('crop', 'pad')  # trainer/images.py implements them
 MIN_IMAGE_SIZE = 32  # the smallest input keras.applications' DenseNet121 accepts
 # DenseNet121's activations grow with the pixels: at 1024x1024 one image's pass holds
 # gigabytes, where fine-tuning is usually done at 224 to 512.
@@ -41,8 +43,9 @@ def setting(default: Any,
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  image_size: int = setting(64,
-                            'Side the images are resized to inside the model.',
+  image_size: int = setting(64, 'Side the images are resized to inside the model. Images of '
+                            'varying size (folders, tf_flowers) are stored at this side on the '
+                            'host already.',
                             lower=MIN_IMAGE_SIZE,
                             upper=MAX_IMAGE_SIZE)
   adapter: str = setting('rgb', 'rgb: copy gray to three channels; conv: a learned '
@@ -79,13 +82,41 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SourceConfig:
+  """How the files of a folder (--dataset=folder:DIR), or a tfds dataset whose images vary in
+  size, become stored images and three splits. Fixed-size datasets are stored as they are."""
+  channels: str = setting(
+      'auto', 'Folders and varying-size datasets: store the images gray (1) or RGB (3); auto: '
+      'what most of a folder\'s images are (gray, with or without alpha, or colour), or a '
+      'tfds dataset\'s own channels.',
+      choices=CHANNELS)
+  # crop: the ImageNet-pretrained backbone learnt from centred crops of photos, which fill
+  # the frame; padding shrinks the subject and adds bars it never saw.
+  aspect: str = setting(
+      'crop', 'Folders and varying-size datasets: make each image square before it is '
+      "resized to --image_size. crop: the largest centred square (Keras's "
+      'crop_to_aspect_ratio); pad: all of the image, scaled to fit and padded with its '
+      "border's colour (as trainer.predict pads).",
+      choices=ASPECTS)
+  test_fraction: float = setting(0.1, 'The share of each class held out as the test split when '
+                                 'the data has none (folder:DIR without DIR/test/, a tfds '
+                                 'dataset without a test split).',
+                                 lower=0.01,
+                                 upper=0.5)
+  skip_unreadable: bool = setting(
+      False, "Train without the files of a folder that are not readable images (they are "
+      'listed and counted) instead of refusing to start.')
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Everything `python -m trainer.main` does; the flags of the same names set it."""
   # ---- Data
   dataset: str = setting(
       'mnist', 'A tensorflow-datasets image-classification name (mnist, '
-      'fashion_mnist, cifar10, ...), idx:DIR for MNIST-format IDX files, or '
-      'synthetic.')
+      'fashion_mnist, cifar10, tf_flowers, ..., or one prepare_data wrote), folder:DIR for a '
+      'folder of images in class subfolders (docs/own_images.md), idx:DIR for MNIST-format '
+      'IDX files, or synthetic.')
   data_dir: Optional[str] = setting(
       None, "tensorflow-datasets' data folder (default "
       '~/tensorflow_datasets).')
@@ -94,6 +125,13 @@ class TrainConfig:
                                     'validation.',
                                     lower=0.01,
                                     upper=0.5)
+  source: SourceConfig = SourceConfig()
+  # A quarter by default: the training split, the two others and TensorFlow itself must fit.
+  memory_budget_mb: float = setting(
+      0.0, 'A split whose uint8 images take more than this many MiB is streamed from its files '
+      'instead of being held in host memory; 0: a quarter of the memory of the machine (or '
+      'of its container).',
+      lower=0.0)
   # ---- Model
   model: ModelConfig = ModelConfig()
   weights: str = setting(
@@ -178,9 +216,11 @@ class ExportConfig:
 
 
 # These may change between a run and its resumption without changing what it trains.
-RESUMABLE_CHANGES = ('data_dir', 'download', 'export', 'profile_steps', 'run_dir', 'run_name',
-                     'num_gpus', 'precision', 'jit_compile', 'steps_per_execution',
-                     'collective_timeout')
+# memory_budget_mb: a folder's stream is the same in memory and from files; see
+# trainer/streaming.py for what a budget that moves a tfds dataset's split changes.
+RESUMABLE_CHANGES = ('data_dir', 'download', 'memory_budget_mb', 'export', 'profile_steps',
+                     'run_dir', 'run_name', 'num_gpus', 'precision', 'jit_compile',
+                     'steps_per_execution', 'collective_timeout')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +229,10 @@ class DatasetInfo:
   image_shape: Tuple[int, int, int]
   num_classes: int
   class_names: Tuple[str, ...]
+  # How the host fitted image files to image_shape (--aspect), where it did: folders,
+  # varying-size datasets and folders prepare_data stored. None for datasets stored at one
+  # size by others (MNIST): a served model then fits files to it as best it can.
+  aspect: Optional[str] = None
 
 
 def scaled_learning_rate(rate: float, batch_size: int) -> float:
@@ -199,7 +243,13 @@ def scaled_learning_rate(rate: float, batch_size: int) -> float:
 def train_config_from_dict(fields: dict) -> TrainConfig:
   """The inverse of dataclasses.asdict for TrainConfig, checked as the flags are: a KeyError,
   TypeError or ValueError names a bad field."""
-  config = TrainConfig(**{**fields, 'model': ModelConfig(**fields['model'])})
+  config = TrainConfig(
+      **{
+          **fields,
+          'model': ModelConfig(**fields['model']),
+          # Runs recorded before these settings existed trained as their defaults do.
+          'source': SourceConfig(**fields.get('source', {}))
+      })
   check_settings(config)
   return config
 

@@ -33,13 +33,13 @@ the run folder.
 # First: trainer.cli sets TensorFlow's environment, which TensorFlow reads as it loads.
 from trainer import cli  # isort: skip
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 from absl import logging
 
 from trainer import images, runs
-from trainer.config import ExportConfig, TrainConfig
+from trainer.config import DatasetInfo, ExportConfig, TrainConfig
 from trainer.keras_lib import keras
 from trainer.model import inference_model
 
@@ -66,8 +66,7 @@ def export_run(run_dir: str, tflite: str = 'none') -> str:
     keras_model = inference_model(runs.load_config(run_dir).model, model)
   finally:
     keras.mixed_precision.set_global_policy(trained_policy)
-  class_names = runs.read_dataset_info(run_dir).class_names
-  export_dir = export_model(model, runs.export_dir(run_dir), class_names)
+  export_dir = export_model(model, runs.export_dir(run_dir), runs.read_dataset_info(run_dir))
   # Built-in layers only: keras.models.load_model reads it with no trainer code imported.
   keras_model.save(runs.path(run_dir, runs.KERAS_MODEL_FILE))
   if tflite != 'none':
@@ -75,7 +74,7 @@ def export_run(run_dir: str, tflite: str = 'none') -> str:
   return export_dir
 
 
-def export_model(model: keras.Model, export_dir: str, class_names: Sequence[str]) -> str:
+def export_model(model: keras.Model, export_dir: str, info: DatasetInfo) -> str:
   """Writes the SavedModel of `model` (uint8 images in, probabilities out) to `export_dir`."""
   # The SavedModel holds the weights and the serving functions only, not Keras' traces of
   # every layer: it writes about 5x and loads about 5x faster.
@@ -84,8 +83,8 @@ def export_model(model: keras.Model, export_dir: str, class_names: Sequence[str]
   tf.saved_model.save(served,
                       export_dir,
                       signatures={
-                          SERVING_SIGNATURE: encoded_images_signature(model, class_names),
-                          UINT8_SIGNATURE: uint8_signature(model, class_names),
+                          SERVING_SIGNATURE: encoded_images_signature(model, info),
+                          UINT8_SIGNATURE: uint8_signature(model, info.class_names),
                       })
   logging.info('Exported SavedModel to %s', export_dir)
   return export_dir
@@ -103,30 +102,39 @@ def uint8_signature(model: keras.Model,
   return serve
 
 
-def encoded_images_signature(
-    model: keras.Model, class_names: Sequence[str]) -> tf.types.experimental.PolymorphicFunction:
+def encoded_images_signature(model: keras.Model,
+                             info: DatasetInfo) -> tf.types.experimental.PolymorphicFunction:
   """Encoded image files in; the same outputs as uint8_signature."""
   image_shape = model.input_shape[1:]
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
   def serve(image_bytes: tf.Tensor) -> Dict[str, tf.Tensor]:
     # One at a time: the files differ in size until they are fitted to the stored shape.
-    stored = tf.map_fn(lambda encoded: to_dataset_format(encoded, image_shape),
+    stored = tf.map_fn(lambda encoded: to_dataset_format(encoded, image_shape, info.aspect),
                        image_bytes,
                        fn_output_signature=tf.TensorSpec(image_shape, tf.uint8))
-    return _classify(model, stored, class_names)
+    return _classify(model, stored, info.class_names)
 
   return serve
 
 
-def to_dataset_format(encoded: tf.Tensor, image_shape: Tuple[int, int, int]) -> tf.Tensor:
-  """One image file's bytes as the model's input: uint8 at `image_shape`."""
+def to_dataset_format(encoded: tf.Tensor,
+                      image_shape: Tuple[int, int, int],
+                      aspect: Optional[str] = None) -> tf.Tensor:
+  """One image file's bytes as the model's input: uint8 at `image_shape`.
+
+  Where the trainer made the dataset from files (`aspect`: a folder, a varying-size
+  dataset), exactly as it did. Otherwise the dataset's images were made by others, and a
+  file is fitted whole (padded); for gray datasets, which store light on a black background
+  (MNIST, Fashion-MNIST) while people write dark on light, it is inverted where its border
+  is the lighter and stretched to the full range: without that, a photographed or drawn
+  digit is a stranger to the model (docs/serving.md has the measurement).
+  """
   height, width, channels = image_shape
-  # Gray datasets (MNIST, Fashion-MNIST) store light on a black background, and people
-  # write dark on light: without this, a photographed or drawn digit is a stranger to the
-  # model (docs/serving.md has the measurement). Colour datasets store photos as they are.
+  if aspect:
+    return images.decode_image(encoded, height, width, channels, aspect=aspect)
   adjust = _light_on_dark if channels == 1 else None
-  return images.decode_image(encoded, height, width, channels, adjust)
+  return images.decode_image(encoded, height, width, channels, aspect='pad', adjust=adjust)
 
 
 def _light_on_dark(image: tf.Tensor) -> tf.Tensor:

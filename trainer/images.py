@@ -1,13 +1,15 @@
-"""Encoded images (PNG, JPEG, GIF, BMP) to a dataset's uint8 format, in the TensorFlow graph.
+"""Encoded images (PNG, JPEG, GIF, BMP, WebP) to a dataset's uint8 format, in the TensorFlow graph.
 
-A served model takes the bytes of an image file, as TF Serving's REST API and Vertex AI
-carry them ({"b64": ...}), and turns them into what it was trained on. Everything here is
-TensorFlow ops on one image, so it runs inside a SavedModel signature (or a tf.data map)
-with no Python and no Pillow:
+Everything here is TensorFlow ops on one image, with no Python and no Pillow, so it runs in
+the two places that must treat a file alike: a tf.data map over folders of images and
+varying-size datasets (trainer/data.py, trainer/folder.py), and the signature of a served
+model that takes the bytes of a file, as TF Serving's REST API and Vertex AI carry them
+({"b64": ...}) (trainer/export.py):
 
-  decode (8 or 16 bits a channel) -> transparency onto a background -> gray or RGB
-  -> scale to fit the stored height and width, aspect kept, padded with the border colour
-  -> uint8
+  decode (8 or 16 bits a channel; a JPEG turned upright) -> transparency onto a background
+  -> gray or RGB -> [adjust] -> the target's aspect: crop (the largest centred window, as
+  Keras's crop_to_aspect_ratio) or pad (all of it, on the border's colour) -> resize
+  (bicubic, antialiased) -> uint8
 
 For gray datasets stored light on dark, as MNIST is, `invert_if_light_background` and
 `autocontrast` turn a photo or drawing of dark ink on paper into that form.
@@ -15,6 +17,8 @@ For gray datasets stored light on dark, as MNIST is, `invert_if_light_background
 from typing import Callable, Optional
 
 import tensorflow as tf
+
+from trainer.config import ASPECTS
 
 # ITU-R 601-2 luma, as Pillow's convert('L'); the weights sum to 1, so gray stays gray.
 LUMA = (0.299, 0.587, 0.114)
@@ -35,21 +39,26 @@ def decode_image(encoded: tf.Tensor,
                  height: int,
                  width: int,
                  channels: int,
+                 aspect: str = 'pad',
                  adjust: Optional[Callable[[tf.Tensor], tf.Tensor]] = None) -> tf.Tensor:
   """One encoded image as uint8 (height, width, channels), channels 1 (gray) or 3 (RGB).
 
-  PNG (8 or 16 bits, with an alpha channel or a transparent colour), JPEG, GIF (its first
-  frame) and BMP. Transparent pixels become the background the ink is not: white under
-  dark ink, black under light. The image is scaled to fit (bicubic, antialiased when
-  shrinking), keeping its aspect, and centred on its border's median colour. Bytes in no
-  such format fail with InvalidArgumentError. A JPEG is turned upright as its EXIF
-  orientation says.
+  PNG (8 or 16 bits, palette, with an alpha channel or a transparent colour), JPEG, GIF
+  (its first frame), BMP and WebP. Transparent pixels become the background the ink is
+  not: white under dark ink, black under light. `aspect` makes the image the target's
+  shape: 'crop' keeps the largest centred window of the target's aspect ratio (Keras's
+  crop_to_aspect_ratio), 'pad' all of the image, scaled to fit and centred on its border's
+  median colour (Pillow's ImageOps.pad). Resized bicubic, antialiased when shrinking.
+  Bytes in no such format fail with InvalidArgumentError. A JPEG is turned upright as its
+  EXIF orientation says.
 
   `adjust`, if given, maps the decoded image (float32 in [0, 1], at its own size, with
   `channels` channels) before it is fitted: where levels or polarity are changed.
   """
   if channels not in (1, 3):
     raise ValueError(f'channels must be 1 or 3, got {channels}')
+  if aspect not in ASPECTS:
+    raise ValueError(f'aspect must be one of {ASPECTS}, got {aspect!r}')
   rgb, alpha = _decode_rgb_and_alpha(encoded)
   # Phones store photos as the sensor saw them, with an EXIF note of how to turn them.
   rgb = _turn_upright(_flatten_transparency(rgb, alpha), _exif_orientation(encoded))
@@ -57,8 +66,14 @@ def decode_image(encoded: tf.Tensor,
       if channels == 1 else rgb
   if adjust is not None:
     image = adjust(image)
-  image = _fit_and_pad(image, height, width)
+  image = _crop(image, height, width) if aspect == 'crop' else _fit_and_pad(image, height, width)
   return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def channel_count(encoded: tf.Tensor) -> tf.Tensor:
+  """1 for a gray file (with or without alpha), 3 for a colour one (palettes are colour)."""
+  image = tf.io.decode_image(encoded, expand_animations=False)
+  return tf.where(tf.shape(image)[-1] <= 2, 1, 3)
 
 
 def _decode_rgb_and_alpha(encoded):
@@ -74,7 +89,9 @@ def _decode_rgb_and_alpha(encoded):
     return image[..., :3], image[..., 3:]
 
   def rgb():
-    image = tf.io.decode_image(encoded, channels=3, dtype=tf.float32, expand_animations=False)
+    # 8 bits a channel in these formats; decoded as uint8, which WebP's decoder insists on.
+    image = tf.image.convert_image_dtype(
+        tf.io.decode_image(encoded, channels=3, expand_animations=False), tf.float32)
     return image, tf.ones_like(image[..., :1])
 
   color, alpha = tf.cond(may_have_alpha, rgba, rgb)
@@ -175,6 +192,23 @@ def _fit_and_pad(image, height, width):
   padded = tf.image.pad_to_bounding_box(resized - fill, top, left, height, width) + fill
   padded.set_shape([height, width, image.shape[-1]])
   return padded
+
+
+def _crop(image, height, width):
+  """The largest centred window of `height`:`width`'s aspect, resized to it: Keras's
+  crop_to_aspect_ratio (window min(h, w * height / width) by min(w, h * width / height),
+  truncated, its offsets half the difference rounded down)."""
+  shape = tf.shape(image)
+  in_height, in_width = shape[0], shape[1]
+  crop_height = tf.minimum(in_height,
+                           tf.cast(tf.cast(in_width, tf.float32) * height / width, tf.int32))
+  crop_width = tf.minimum(in_width,
+                          tf.cast(tf.cast(in_height, tf.float32) * width / height, tf.int32))
+  top, left = (in_height - crop_height) // 2, (in_width - crop_width) // 2
+  window = image[top:top + crop_height, left:left + crop_width]
+  resized = tf.image.resize(window, (height, width), method='bicubic', antialias=True)
+  resized.set_shape([height, width, image.shape[-1]])
+  return resized
 
 
 def _border_median(image):

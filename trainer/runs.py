@@ -150,9 +150,12 @@ def _changed_fields(old: TrainConfig, new: TrainConfig) -> List[str]:
 
 
 def _flag_values(config: TrainConfig) -> Dict[str, object]:
-  """{flag name: value}: the nested model settings flattened, as their flags are."""
-  values = dataclasses.asdict(config)
-  return {**{k: v for k, v in values.items() if k != 'model'}, **values['model']}
+  """{flag name: value}: the nested groups of settings (model, source) flattened, as their
+  flags are."""
+  values: Dict[str, object] = {}
+  for name, value in dataclasses.asdict(config).items():
+    values.update(value if isinstance(value, dict) else {name: value})
+  return values
 
 
 @contextlib.contextmanager
@@ -252,7 +255,7 @@ def read_dataset_info(run_dir: str) -> DatasetInfo:
   try:
     fields = json.loads(_read(info_path))
     info = DatasetInfo(tuple(fields['image_shape']), int(fields['num_classes']),
-                       tuple(fields['class_names']))
+                       tuple(fields['class_names']), fields.get('aspect'))
   except (ValueError, KeyError, TypeError) as e:
     raise UserError(f'{info_path} is damaged ({type(e).__name__}: {e}); train the run again') \
         from None

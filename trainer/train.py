@@ -55,7 +55,7 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
     tf.config.experimental.enable_op_determinism()
   chief = distribution.is_chief(strategy)
   steps = config.steps_per_epoch or data.steps_per_epoch(splits.train, config.batch_size)
-  validation = data.evaluation_batches(splits.validation, config.batch_size, config.eval_steps)
+  validation = splits.evaluation_batches('validation', config.batch_size, config.eval_steps)
   logging.info('%d replica(s), global batch %d, precision %s', strategy.num_replicas_in_sync,
                config.batch_size,
                keras.mixed_precision.global_policy().name)
@@ -79,7 +79,7 @@ def train_and_evaluate(config: TrainConfig, splits: data.Splits, strategy: tf.di
     with strategy.scope():
       compile_for_stage(model, stages[-1], config, steps, splits.info.num_classes)
     runs.restore(model, runs.path(config.run_dir, runs.BEST_CHECKPOINT))
-    test = data.evaluation_batches(splits.test, config.batch_size, config.eval_steps)
+    test = splits.evaluation_batches('test', config.batch_size, config.eval_steps)
     results = model.evaluate(test, return_dict=True, verbose=0)
     metrics = {
         'test_loss': results['crossentropy'],
@@ -118,10 +118,10 @@ def train_stage(model: keras.Model, stage: Stage, config: TrainConfig, splits: d
                first_epoch + 1, stage.epochs, 'training' if stage.backbone_trainable else 'frozen',
                scaled_learning_rate(stage.learning_rate, config.batch_size))
   model.fit(
-      data.training_batches(splits.train,
-                            config.batch_size,
-                            seed=config.seed,
-                            first_step=first_epoch * steps),
+      splits.training_batches(config.batch_size,
+                              seed=config.seed,
+                              first_step=first_epoch * steps,
+                              strategy=strategy),
       epochs=stage.epochs,
       initial_epoch=first_epoch,
       steps_per_epoch=steps,
@@ -131,7 +131,7 @@ def train_stage(model: keras.Model, stage: Stage, config: TrainConfig, splits: d
       verbose=1 if sys.stdout.isatty() else 2,
       callbacks=callbacks.training_callbacks(config, out, stage.name, stage.backbone_trainable,
                                              learning_rate_schedule(stage, config, steps), steps,
-                                             splits.train, settings_text))
+                                             splits, settings_text))
   # The workers go on to read what the chief just wrote (the best checkpoint, the
   # history); wait until it has written all of it.
   distribution.barrier(strategy)
