@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import data
+from trainer.config import DatasetInfo
 from trainer.errors import UserError
 
 
@@ -98,3 +99,15 @@ def test_tfds_splits_come_from_the_dataset_info(mock_mnist, tmp_path):
 def test_a_dataset_missing_with_downloads_off_names_both_fixes(tmp_path):
   with pytest.raises(UserError, match='not prepared.*--nodownload.*prepare_data'):
     data.load_splits('mnist', str(tmp_path), 0.2, download=False)
+
+
+def test_fit_and_recalibration_share_one_copy_of_the_training_split(monkeypatch):
+  reads = []
+  read = data.in_memory
+  monkeypatch.setattr(data, 'in_memory', lambda ds: reads.append(ds) or read(ds))
+  train = data.synthetic_dataset(16, seed=0)
+  splits = data.Splits(train, train, train, DatasetInfo((28, 28, 1), 10, tuple('0123456789')))
+  first = next(iter(splits.training_batches(4, seed=3)))
+  again = next(iter(splits.training_batches(4, seed=3)))
+  assert len(reads) == 1
+  np.testing.assert_array_equal(first[0], again[0])

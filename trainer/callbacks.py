@@ -29,7 +29,7 @@ def training_callbacks(config: TrainConfig, out_dir: str, stage_name: str, backb
   other workers; the training split of `splits` feeds the BatchNorm recalibration;
   `settings_text` is what flags.cfg records."""
   recalibration = min(config.recalibrate_batchnorm, steps_per_epoch)
-  # Batched only when recalibration is on: the stream holds its own copy of the split.
+  # The same split in memory as fit's stream (Splits reads it once), from its first step.
   recalibrate = [
       RecalibrateBatchNorm(splits.training_batches(config.batch_size, seed=config.seed),
                            recalibration)
