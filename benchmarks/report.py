@@ -146,6 +146,58 @@ def _newest(claim_records: Sequence[dict]) -> dict:
   return max(claim_records, key=lambda r: r['recorded'])
 
 
+# ---- Your own images: folders against the same data as IDX files, streaming, scanning
+
+
+def own_images_section(claim_records: List[dict]) -> str:
+  by_name = {r['name']: r for r in claim_records}
+  lines = [
+      'Real MNIST and Fashion-MNIST written as class folders of PNG and JPEG files (20-120 '
+      'pixels a side, a quarter in colour) by `python -m benchmarks.own_images`, trained from '
+      'a random start at 32x32 for the same number of steps as from their IDX files, with '
+      'the same flags and the same test images.', '',
+      '| Data | Read from | Test accuracy | Best validation | Epochs | Wall time | Record |',
+      '| --- | --- | ---: | ---: | ---: | ---: | --- |'
+  ]
+  for data in ('mnist', 'fashion_mnist'):
+    for source, label in (('folder', 'class folders of files'), ('idx', 'IDX files')):
+      r = by_name.get(f'accuracy_{data}_{source}')
+      if r:
+        lines.append(f'| {data} | {label} | **{r["test_accuracy"]:.2%}** | '
+                     f'{best_validation(r):.4f} | {r["epochs"]} | {minutes([r])} | '
+                     f'[{r["commit"][:7]}]({_record_link(r)}) |')
+  throughput, memory = by_name.get('throughput_64'), by_name.get('memory_streaming')
+  if throughput:
+    lines += [
+        '', f'Streaming: training at {throughput["image_size"]}x{throughput["image_size"]}, '
+        f'batch {throughput["batch_size"]}, {throughput["precision"]}, streamed from the '
+        f'prepared files at **{throughput["streamed_over_in_memory"]:.3f}** of the rate from '
+        f'memory ({throughput["streamed_images_per_second"]} against '
+        f'{throughput["in_memory_images_per_second"]} img/s, median step rate; target at '
+        f'least 0.95) ([record]({_record_link(throughput)})).'
+    ]
+  if memory:
+    lines += [
+        '', f'Memory: a {memory["split_uint8_mib"]} MiB split streamed '
+        f'{memory["passes_streamed"]:.0f} times under a {memory["budget_mib"]} MiB budget held '
+        f'the process at {memory["peak_rss_mib_streaming"]} MiB at most, and grew it by '
+        f'{memory["rss_growth_mib_after_first_quarter"]} MiB after the first quarter; read '
+        f'into memory instead, it took {memory["rss_mib_after_reading_in_memory"]} MiB '
+        f'([record]({_record_link(memory)})).'
+    ]
+  scans = [r for r in claim_records if r['name'].startswith('scan_')]
+  if scans:
+    lines += [
+        '', 'Scanning a folder for unreadable files before training: ' +
+        '; '.join(f'{r["files"]:,} files in {r["scan_seconds"]} s ([record]({_record_link(r)}))'
+                  for r in scans) + '.'
+    ]
+  commands = sorted(
+      {r['command'].replace('/work/venv/bin/python', 'python') for r in claim_records})
+  lines += ['', 'Commands:', ''] + [f'    {command}' for command in commands]
+  return '\n'.join(lines) + '\n'
+
+
 # ---- The page
 
 SECTIONS = [
@@ -166,6 +218,9 @@ SECTIONS = [
             title='Real MNIST from ImageNet weights, 64x64, 10 epochs',
             render=accuracy_section('configs/mnist_rgb.cfg and configs/mnist_conv.cfg as they are '
                                     '(bash benchmarks/accuracy.sh).')),
+    Section('own_images',
+            title='Your own images: folders of files, streaming',
+            render=own_images_section),
     Section('jobs', suite_section),
     Section('cpu_suite', suite_section),
     Section('cpu_settings', suite_section),

@@ -14,6 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from helpers import MOCK_EXAMPLES
 from trainer import callbacks, data, distribution, evaluate, runs
 from trainer.config import DatasetInfo, TrainConfig
+from trainer.errors import UserError
 from trainer.keras_lib import keras
 
 
@@ -180,3 +181,13 @@ def test_profile_steps_flag_is_checked_and_may_change_on_resume(tmp_path):
   flags.FLAGS.unparse_flags()
   with pytest.raises(flags.IllegalFlagValueError):
     flags.FLAGS(['trainer.main', '--profile_steps=12,10'])
+
+
+def test_a_dataset_json_that_no_longer_matches_the_data_is_refused_in_one_line():
+  trained_on = DatasetInfo((28, 28, 1), 10, tuple('0123456789'))
+  evaluate.check_same_data('runs/x', trained_on, trained_on)  # the same: no error
+  with pytest.raises(UserError,
+                     match=r'trained on 10 classes of 32x32x3 images .*gives 10 '
+                     r'classes of 28x28x1; restore dataset.json'):
+    evaluate.check_same_data('runs/x', DatasetInfo((32, 32, 3), 10, tuple('0123456789')),
+                             trained_on)

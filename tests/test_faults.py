@@ -100,6 +100,27 @@ def test_a_failed_start_leaves_no_settings_that_refuse_the_corrected_command(
   assert not (run_dir / runs.LOCK_FILE).exists()
 
 
+def test_a_run_dir_under_a_file_or_an_unreachable_bucket_ends_in_one_line(tmp_path):
+  (tmp_path / 'file').write_text('')
+  with pytest.raises(UserError, match='cannot open the run folder .*file/sub .*not a directory'):
+    with runs.locked(str(tmp_path / 'file' / 'sub')):
+      pass
+  # No network here (and in CI): the bucket's host does not resolve.
+  with pytest.raises(UserError, match='cannot open the run folder gs://.*check the network'):
+    with runs.locked('gs://no-such-bucket-of-this-project/run'):
+      pass
+
+
+def test_a_damaged_best_checkpoint_ends_the_export_in_its_one_line(tiny_run, tmp_path):
+  run_dir = tmp_path / 'run'
+  shutil.copytree(tiny_run, run_dir)
+  data_file = next((run_dir / runs.CHECKPOINT_DIR).glob('best.data-*'))
+  data_file.write_bytes(b'\xff' * data_file.stat().st_size)
+  result, _ = run_offline('trainer.export', f'--run_dir={run_dir}')
+  assert 'best does not load' in error_line(result)  # the last line: no warnings after it
+  assert 'could not be found' not in result.stderr
+
+
 def test_a_run_dir_that_is_a_file_ends_in_one_line(tmp_path):
   (tmp_path / 'file').write_text('')
   result, _ = run_offline('trainer.main', '--weights=none', f'--run_dir={tmp_path / "file"}')

@@ -13,7 +13,7 @@ from absl import flags
 
 from helpers import REPO as ROOT
 from helpers import TINY_FLAGS, event_tags, event_values, hparams_session, train_with_flags
-from trainer import main, runs
+from trainer import callbacks, main, runs
 from trainer.config import REFERENCE_BATCH_SIZE, TrainConfig
 from trainer.errors import UserError
 
@@ -67,6 +67,16 @@ def test_hparams_are_written_as_the_run_starts_keyed_by_the_whole_run_folder(tin
   assert math.isclose(hparams['peak_learning_rate'],
                       config.learning_rate * config.batch_size / REFERENCE_BATCH_SIZE)
   assert event_values(os.path.join(tiny_run, 'logs'), 'test_accuracy')  # added at the end
+
+
+def test_two_runs_named_alike_in_different_folders_are_two_hparams_trials(tmp_path):
+  trials = []
+  for parent in ('a', 'b'):
+    config = TrainConfig(run_dir=str(tmp_path / parent / 'run2'))
+    log_dir = str(tmp_path / parent / 'logs')
+    callbacks.log_hparams(log_dir, config, 'float32', 1)
+    trials.append(hparams_session(log_dir)[1])
+  assert trials[0] != trials[1] and all(trial.endswith('run2') for trial in trials)
 
 
 def test_conv_adapter_trains_end_to_end(mock_mnist, tmp_path, notop_weights_file, capsys):
