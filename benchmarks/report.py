@@ -291,8 +291,9 @@ def readme_cost(claims: Claims) -> str:
   gpu = claims.get('gpu_check', [])
   parts = []
   if cpu:
-    parts.append(f'its 10 epochs at 64x64 took {minutes(cpu)} on {cpu[0]["machine"]} '
-                 f'({len(cpu)} run{"s" * (len(cpu) > 1)}, shared with other work)')
+    runs = ' and '.join(f'{minutes([r])} ({r["adapter"]})' for r in cpu)
+    parts.append(f'its 10 epochs at 64x64 took {runs} on {cpu[0]["machine"]}, '
+                 'shared with other work')
   if gpu:
     parts.append(f'on {_newest(gpu)["machine"]}: see the GPU check')
   else:
