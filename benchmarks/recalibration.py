@@ -25,13 +25,7 @@ def validation_accuracies(run_dir: str, batch_counts: Sequence[int]) -> List[flo
   """As saved, then recalibrated over each of `batch_counts` training batches."""
   config = runs.load_config(run_dir)
   model = runs.load_best_model(run_dir)
-  splits = data.load_splits(config.dataset,
-                            config.data_dir,
-                            config.validation_split,
-                            config.download,
-                            image_size=config.model.image_size,
-                            source=config.source,
-                            memory_budget_mb=config.memory_budget_mb)
+  splits = data.splits_for(config)
   validation = splits.evaluation_batches('validation', config.batch_size)
 
   def accuracy():

@@ -25,7 +25,7 @@ MOCK_EXAMPLES = 40
 # Flags of a run small enough for this CPU: 32x32 (DenseNet's minimum), a few steps.
 TINY_FLAGS = [
     '--image_size=32', '--batch_size=8', '--epochs=2', '--steps_per_epoch=2', '--eval_steps=1',
-    '--warmup_epochs=0.5'
+    '--warmup_epochs=0.5', '--recalibrate_batchnorm=2'
 ]
 
 

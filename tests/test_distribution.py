@@ -314,7 +314,7 @@ def test_a_chief_and_a_worker_train_one_model_and_only_the_chief_writes(tmp_path
   cluster = {'chief': [f'localhost:{chief_port}'], 'worker': [f'localhost:{worker_port}']}
   flags_ = [
       '--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8', '--epochs=1',
-      '--steps_per_epoch=2', '--eval_steps=1', f'--run_dir={run_dir}'
+      '--steps_per_epoch=2', '--eval_steps=1', '--recalibrate_batchnorm=2', f'--run_dir={run_dir}'
   ]
   processes = [
       subprocess.Popen(

@@ -23,7 +23,7 @@ SCRIPTS = ['launch/local.sh', 'launch/ssh.sh', 'launch/gce.sh', 'launch/vertex.s
 # The smallest real run: mock tfds data does not cross processes, synthetic data does.
 TINY_RUN = [
     '--dataset=synthetic', '--weights=none', '--image_size=32', '--batch_size=8', '--epochs=1',
-    '--steps_per_epoch=2', '--eval_steps=1'
+    '--steps_per_epoch=2', '--eval_steps=1', '--recalibrate_batchnorm=2'
 ]
 
 

@@ -165,9 +165,10 @@ def test_every_epoch_validates_on_a_dataset_read_from_files(prepared_mnist, tmp_
   """Validation once ran in epoch 1 only (a truncated cache); every row must have it."""
   run_dir = tmp_path / 'run'
   train_with_flags('--dataset=mnist', f'--data_dir={prepared_mnist}', '--nodownload',
-                   '--weights=none', '--image_size=32', '--batch_size=16', '--epochs=5',
-                   '--steps_per_epoch=2', '--warmup_epochs=0', '--noexport', f'--run_dir={run_dir}')
+                   '--weights=none', '--image_size=32', '--batch_size=16', '--epochs=3',
+                   '--recalibrate_batchnorm=0', '--steps_per_epoch=2', '--warmup_epochs=0',
+                   '--noexport', f'--run_dir={run_dir}')
   with open(run_dir / 'history.csv') as f:
     rows = list(csv.DictReader(f))
-  assert [row['epoch'] for row in rows] == ['0', '1', '2', '3', '4']
+  assert [row['epoch'] for row in rows] == ['0', '1', '2']
   assert all(row['val_accuracy'] for row in rows), rows

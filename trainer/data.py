@@ -104,6 +104,17 @@ class Splits:
     return evaluation_batches(ds, batch_size, max_batches)
 
 
+def splits_for(config: TrainConfig) -> Splits:
+  """The splits a run trains and is evaluated on: load_splits with the run's settings."""
+  return load_splits(config.dataset,
+                     config.data_dir,
+                     config.validation_split,
+                     config.download,
+                     image_size=config.model.image_size,
+                     source=config.source,
+                     memory_budget_mb=config.memory_budget_mb)
+
+
 def load_splits(dataset: str,
                 data_dir: Optional[str],
                 validation_split: float,

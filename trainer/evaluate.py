@@ -72,13 +72,7 @@ def evaluate_run(run_dir: str) -> Evaluation:
   config = runs.load_config(run_dir)
   model = runs.load_best_model(
       run_dir)  # first: a run without a checkpoint fails before loading data
-  splits = data.load_splits(config.dataset,
-                            config.data_dir,
-                            config.validation_split,
-                            config.download,
-                            image_size=config.model.image_size,
-                            source=config.source,
-                            memory_budget_mb=config.memory_budget_mb)
+  splits = data.splits_for(config)
   check_same_data(run_dir, runs.read_dataset_info(run_dir), splits.info)
   test_batches = splits.evaluation_batches('test', config.batch_size)
   evaluation = evaluate(model, test_batches, splits.info.num_classes)

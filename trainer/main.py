@@ -88,13 +88,7 @@ def run(splits_override: Optional[data.Splits] = None,
       runs.check_resumable(config)
     # Before the data: missing weights should fail in seconds, not after a dataset download.
     start_weights = weights.resolve(config.weights)
-    splits = splits_override or data.load_splits(config.dataset,
-                                                 config.data_dir,
-                                                 config.validation_split,
-                                                 config.download,
-                                                 image_size=config.model.image_size,
-                                                 source=config.source,
-                                                 memory_budget_mb=config.memory_budget_mb)
+    splits = splits_override or data.splits_for(config)
     with distribution.lost_workers_as_user_errors(), runs.resources_as_user_errors(config.run_dir):
       return train.train_and_evaluate(config, splits, strategy, start_weights,
                                       resolved_flags_text(config))
