@@ -137,9 +137,6 @@ def train_main(p):
     shutil.rmtree(run_dir, ignore_errors=True)
     return {'first_step_wall': timer.first_step_wall}
   model = timer.model
-  # BackupAndRestore deletes this attribute at the end of trainer.main's fit, and tf_keras's
-  # fit reads it: without it the model could not be fit again outside trainer.main.
-  model._training_state = None  # pylint: disable=protected-access
   main_rate = images_per_second(timer.epochs[:1], batch_size, warmup)
 
   # One batch of the same data, as raw uint8 and as the backbone receives it.

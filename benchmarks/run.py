@@ -154,7 +154,8 @@ JOBS_QUICK = JobSizes(fraction=0.02,
                       memory_image_size=32,
                       memory_steps=2,
                       accuracy_image_size=32,
-                      project_flags=('--epochs=1', '--steps_per_epoch=2', '--eval_steps=1'))
+                      project_flags=('--epochs=1', '--steps_per_epoch=2', '--eval_steps=1',
+                                     '--recalibrate_batchnorm=2'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +205,8 @@ MNIST_QUICK = MnistRunSizes(epochs=2,
                             image_size=32,
                             batch_size=16,
                             warmup_steps=1,
-                            flags=('--steps_per_epoch=3', '--eval_steps=1'))
+                            flags=('--steps_per_epoch=3', '--eval_steps=1',
+                                   '--recalibrate_batchnorm=2'))
 
 # ---- CPU suite
 

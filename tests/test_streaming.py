@@ -195,7 +195,7 @@ def test_two_replicas_train_on_the_single_device_batches(folders):
 
 # Runs trainer.main with a small stand-in for DenseNet (the stream is under test), writes
 # "step digest" for every training batch the stream makes, and SIGKILLs the process at the
-# end of epoch KILL_AT (after every callback, BackupAndRestore included); 0: no kill.
+# end of epoch KILL_AT (after every callback, the epoch checkpoint included); 0: no kill.
 _RECORDING_MAIN = '''
 import hashlib, os, runpy, signal, sys
 import tensorflow as tf

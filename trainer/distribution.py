@@ -38,7 +38,7 @@ def make_strategy(num_gpus: int, collective_timeout_s: float = 600) -> tf.distri
     options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
   if num_gpus:
-    # Mirrored even for one GPU: BackupAndRestore refuses OneDeviceStrategy.
+    # Mirrored even for one GPU: one GPU trains through the same code path as several.
     return tf.distribute.MirroredStrategy([f'/gpu:{i}' for i in range(num_gpus)])
   return tf.distribute.get_strategy()
 
