@@ -138,8 +138,9 @@ def _run_line(record: dict) -> str:
 def suite_section(claim_records: List[dict]) -> str:
   """The newest full run's table (its own heading), and the command that measured it."""
   record = _newest([r for r in claim_records if r.get('kind') != 'quick'] or claim_records)
+  note = f' {record["note"]}' if record.get('note') else ''
   return (tables.markdown(record) + f'\nCommand: `{record["command"]}`, at {record["commit"]}, '
-          f'{record["recorded"]} ([record]({_record_link(record)})).\n')
+          f'{record["recorded"]} ([record]({_record_link(record)})).{note}\n')
 
 
 def _newest(claim_records: Sequence[dict]) -> dict:
