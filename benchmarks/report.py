@@ -98,7 +98,7 @@ def accuracy_section(intro: str) -> Callable[[List[dict]], str]:
     for group in groups:
       first = group[0]
       settings = ''.join(f' --{k}={v}' for k, v in first.get('settings', {}).items())
-      links = ', '.join(f'[{r["commit"]}]({_record_link(r)})' for r in group)
+      links = ', '.join(f'[{r["commit"][:7]}]({_record_link(r)})' for r in group)
       lines.append(f'| {first["adapter"]}, {first["image_size"]}x{first["image_size"]}, '
                    f'{first["epochs"]} epochs{settings} | '
                    f'{len(group)} ({", ".join(str(r["seed"]) for r in group)}) | '
