@@ -165,6 +165,21 @@ def run_python(*args, timeout=300):
                         check=False)
 
 
+def run_script(script, *args, env=None, timeout=60):
+  """Runs the repository's shell script `script` (a path from the root) with this Python as
+  its $PYTHON; returns the finished process."""
+  return subprocess.run([os.path.join(REPO, script), *args],
+                        capture_output=True,
+                        text=True,
+                        cwd=REPO,
+                        timeout=timeout,
+                        check=False,
+                        env={
+                            **os.environ, 'PYTHON': sys.executable,
+                            **(env or {})
+                        })
+
+
 def run_offline(module, *argv, env=None):
   """Runs `python -m module argv...` with no network; returns (the process's result, seconds)."""
   start = time.perf_counter()

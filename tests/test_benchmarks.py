@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
@@ -102,19 +101,8 @@ def test_the_placement_check_fails_where_an_op_cannot_run_on_the_device_asked_fo
   assert tf.config.get_soft_device_placement()  # back as it was
 
 
-GPU_CHECK = os.path.join(helpers.REPO, 'benchmarks', 'gpu_check.sh')
-
-
 def gpu_check(*args, env=None, timeout=60):
-  return subprocess.run(['bash', GPU_CHECK, *args],
-                        capture_output=True,
-                        text=True,
-                        timeout=timeout,
-                        check=False,
-                        env={
-                            **os.environ, 'PYTHON': sys.executable,
-                            **(env or {})
-                        })
+  return helpers.run_script('benchmarks/gpu_check.sh', *args, env=env, timeout=timeout)
 
 
 def test_the_gpu_check_says_in_one_line_what_it_lacks(tmp_path):

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
+import helpers
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 SCRIPTS = ['launch/local.sh', 'launch/ssh.sh', 'launch/gce.sh', 'launch/vertex.sh', 'launch/k8s.sh']
 # The smallest real run: mock tfds data does not cross processes, synthetic data does.
@@ -26,18 +28,7 @@ TINY_RUN = [
     '--steps_per_epoch=2', '--eval_steps=1', '--recalibrate_batchnorm=2'
 ]
 
-
-def launch(script, *args, env=None, timeout=60):
-  return subprocess.run([os.path.join(ROOT, script), *args],
-                        capture_output=True,
-                        text=True,
-                        cwd=ROOT,
-                        timeout=timeout,
-                        check=False,
-                        env={
-                            **os.environ, 'PYTHON': sys.executable,
-                            **(env or {})
-                        })
+launch = helpers.run_script
 
 
 def tf_configs(dry_run_output):
